@@ -1,0 +1,1 @@
+"""Pipeline: intake (durable store) → checks → routing → delivery queue."""

@@ -1,0 +1,1 @@
+"""Source (inbound channel) contract. Types come from plugins; instances from gateway.toml."""

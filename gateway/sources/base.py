@@ -1,0 +1,75 @@
+"""The contract between the gateway and an inbound channel (FIT-Connect, XÖV over HTTP, ...).
+
+A source instance is created at startup from ``[sources.NAME]`` in ``gateway.toml``. It runs as a
+background task (:meth:`Source.run`) and hands messages to :class:`SourceContext.intake`, which
+returns only after the message is durably committed. Upstream acknowledgement (e.g. FIT-Connect
+accept/reject SET) is done by :meth:`Source.acknowledge`, called by the ack worker with retries.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.model import Envelope
+    from gateway.pipeline.intake import Intake
+    from gateway.pipeline.problems import Problem
+
+
+class AckOutcome(enum.StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    done: bool  # upstream confirmed (or already had this outcome): stop retrying
+    reason: str = ""
+    permanent: bool = False  # retrying cannot help (e.g. upstream says already rejected)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    name: str
+    base_dir: Path
+    intake: Intake
+    resolve_secret: Callable[[Mapping[str, Any], str], str | None]
+    production: bool
+    add_routes: Callable[[list[web.RouteDef]], None]  # public HTTP routes (callbacks, intake)
+
+
+@runtime_checkable
+class Source(Protocol):
+    name: str
+    needs_ack: bool  # False: messages go straight to ACKNOWLEDGED after delivery
+
+    async def run(self) -> None:
+        """Receive until cancelled. Must survive upstream errors (log, back off, go on)."""
+        ...
+
+    async def acknowledge(
+        self, envelope: Envelope, outcome: AckOutcome, problems: list[Problem]
+    ) -> AckResult:
+        """Tell upstream the outcome. Called until it returns ``done``; must be idempotent."""
+        ...
+
+    async def check(self) -> str | None:
+        """Readiness: ``None`` when ready, else a short reason."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceType:
+    name: str
+    create: Callable[[SourceContext, Mapping[str, Any]], Source]
+    description: str = ""
+    # When the upstream accept may be sent: "delivered" (default, safest) or "stored".
+    default_accept_policy: str = "delivered"
