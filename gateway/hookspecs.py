@@ -47,9 +47,7 @@ def gateway_source_types() -> Sequence[SourceType]:
 
 
 @hookspec(firstresult=True)
-def gateway_xoev_identify(
-    namespace: str, local_name: str, root: etree._Element
-) -> MessageIdentity | None:
+def gateway_xoev_identify(namespace: str, local_name: str, root: etree._Element) -> MessageIdentity | None:
     """Identify an XML message: standard, version, message type and header fields.
 
     Called with the parsed (already hardened and schema-valid) document's root. Return ``None`` if
@@ -70,7 +68,7 @@ def gateway_validate_message(
 
 
 @hookspec
-def gateway_message_transition(envelope: Envelope, previous: str, reason: str) -> None | Awaitable[None]:
+def gateway_message_transition(envelope: Envelope, previous: str, reason: str) -> Awaitable[None] | None:
     """Observe a persisted state transition (``envelope.state`` is the new state).
 
     Called after the store committed the transition: use it for notifications or metrics. It must

@@ -53,9 +53,7 @@ class Source(Protocol):
         """Receive until cancelled. Must survive upstream errors (log, back off, go on)."""
         ...
 
-    async def acknowledge(
-        self, envelope: Envelope, outcome: AckOutcome, problems: list[Problem]
-    ) -> AckResult:
+    async def acknowledge(self, envelope: Envelope, outcome: AckOutcome, problems: list[Problem]) -> AckResult:
         """Tell upstream the outcome. Called until it returns ``done``; must be idempotent."""
         ...
 

@@ -1,0 +1,183 @@
+"""The plugin host: a typed facade over pluggy's hook relay.
+
+Built-in plugins (listed in :data:`DEFAULT_PLUGINS`) are registered through the same hooks as
+third-party ones. Third-party plugins are discovered through the ``gateway`` entry-point group;
+``[plugins] allow/block`` in gateway.toml filter them by entry-point name. After loading,
+:meth:`PluginHost.check_pending` refuses implementations of hooks that do not exist (a typo in a
+vendor's hook name must fail at startup, not silently never run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pluggy
+
+from gateway import hookspecs
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+    from gateway.adapters.base import AdapterType
+    from gateway.model import Envelope
+    from gateway.pipeline.problems import Problem
+    from gateway.sources.base import SourceType
+    from gateway.xoev.identity import MessageIdentity
+
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "gateway"
+
+# Modules registered on every start, through the same hooks as third-party plugins.
+DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.builtin_plugins",)
+
+
+async def resolve(value: T | Awaitable[T]) -> T:
+    """The async convention: a hook implementation may return a value or an awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    name: str  # entry-point name, or the module name for built-ins
+    module: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    adapter_types: tuple[str, ...] = ()
+    source_types: tuple[str, ...] = ()
+
+
+@dataclass
+class PluginHost:
+    pm: pluggy.PluginManager
+    infos: list[PluginInfo] = field(default_factory=list)
+    adapter_types: dict[str, AdapterType] = field(default_factory=dict)
+    source_types: dict[str, SourceType] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        allow: Sequence[str] = (),
+        block: Sequence[str] = (),
+        extra: Iterable[ModuleType | object] = (),
+        entry_points_enabled: bool = True,
+    ) -> PluginHost:
+        pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        pm.add_hookspecs(hookspecs)
+        host = cls(pm)
+        for module_name in DEFAULT_PLUGINS:
+            module = importlib.import_module(module_name)
+            pm.register(module, name=module_name)
+            host.infos.append(PluginInfo(module_name, module_name, "ozg-gateway", _own_version(), True))
+        if entry_points_enabled:
+            for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                if ep.name in block or (allow and ep.name not in allow):
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:  # a broken vendor package must fail startup with its name
+                    raise ConfigError(
+                        f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+                    ) from exc
+                if pm.is_registered(plugin):
+                    continue
+                pm.register(plugin, name=ep.name)
+                dist = ep.dist
+                host.infos.append(
+                    PluginInfo(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None, False)
+                )
+            unknown = [name for name in allow if name not in {i.name for i in host.infos}]
+            if unknown:
+                raise ConfigError(f"allow-listed plugins are not installed: {', '.join(unknown)}", key="plugins.allow")
+        for obj in extra:
+            name = getattr(obj, "__name__", None) or type(obj).__name__
+            pm.register(obj, name=name)
+            host.infos.append(PluginInfo(name, name, None, None, False))
+        host.check_pending()
+        host._collect_types()
+        return host
+
+    def check_pending(self) -> None:
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(f"plugin implements an unknown hook: {exc}") from exc
+
+    def _collect_types(self) -> None:
+        updated: list[PluginInfo] = []
+        for info in self.infos:
+            plugin = self.pm.get_plugin(info.name)
+            adapters: list[str] = []
+            sources: list[str] = []
+            impl = getattr(plugin, "gateway_adapter_types", None)
+            for adapter_type in impl() if impl else ():
+                if adapter_type.name in self.adapter_types:
+                    raise ConfigError(
+                        f"adapter type {adapter_type.name!r} is provided by two plugins (second: {info.name})"
+                    )
+                self.adapter_types[adapter_type.name] = adapter_type
+                adapters.append(adapter_type.name)
+            impl = getattr(plugin, "gateway_source_types", None)
+            for source_type in impl() if impl else ():
+                if source_type.name in self.source_types:
+                    raise ConfigError(
+                        f"source type {source_type.name!r} is provided by two plugins (second: {info.name})"
+                    )
+                self.source_types[source_type.name] = source_type
+                sources.append(source_type.name)
+            updated.append(
+                PluginInfo(
+                    info.name,
+                    info.module,
+                    info.distribution,
+                    info.version,
+                    info.builtin,
+                    tuple(adapters),
+                    tuple(sources),
+                )
+            )
+        self.infos = updated
+
+    # Typed facade over the hook relay -------------------------------------------------------
+
+    def xoev_identify(self, namespace: str, local_name: str, root: etree._Element) -> MessageIdentity | None:
+        result: MessageIdentity | None = self.pm.hook.gateway_xoev_identify(
+            namespace=namespace, local_name=local_name, root=root
+        )
+        return result
+
+    async def validate_message(self, envelope: Envelope, config: dict[str, Any]) -> list[Problem]:
+        problems: list[Problem] = []
+        for result in self.pm.hook.gateway_validate_message(envelope=envelope, config=config):
+            problems.extend(await resolve(result))
+        return problems
+
+    async def message_transition(self, envelope: Envelope, previous: str, reason: str) -> None:
+        for impl in self.pm.hook.gateway_message_transition.get_hookimpls():
+            try:
+                await resolve(impl.function(envelope=envelope, previous=previous, reason=reason))
+            except Exception:  # observers must never break the pipeline
+                import structlog
+
+                structlog.get_logger(__name__).exception("observer_failed", plugin=impl.plugin_name)
+
+    def add_commands(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.pm.hook.gateway_add_commands(subparsers=subparsers)
+
+
+def _own_version() -> str:
+    from gateway import __version__
+
+    return __version__

@@ -1,0 +1,218 @@
+"""The store interface. SQLite is the default backend; PostgreSQL implements the same semantics.
+
+Semantics every backend guarantees:
+
+* a method returns only after its transaction is durably committed (SQLite ``synchronous=FULL``);
+* ``(channel, idempotency_key)`` is unique: the same source message received twice is stored once;
+* every state change and every delivery/ack attempt appends to a hash-chained audit trail in the
+  same transaction (a state change without its audit record cannot exist);
+* delivery and ack work is claimed with leases: a crashed worker's claim expires and is retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from gateway.model import AckState, Envelope, MessageState
+from gateway.pipeline.problems import Problem
+
+GENESIS_HASH = "0" * 64
+
+
+class LeaseLost(Exception):
+    """The caller's lease expired and another worker took the message over: drop the result."""
+
+
+class MessageNotFound(KeyError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    message_id: str
+    at: float  # unix seconds
+    event: str  # "transition", "attempt", "ack", "ack-failed", "operator"
+    from_state: str | None
+    to_state: str | None
+    reason: str
+    actor: str
+    details: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "at": datetime.fromtimestamp(self.at).astimezone().isoformat(),
+            "event": self.event,
+            "from": self.from_state,
+            "to": self.to_state,
+            "reason": self.reason,
+            "actor": self.actor,
+            "details": dict(self.details),
+            "hash": self.hash,
+        }
+
+
+def audit_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    message_id: str,
+    at: float,
+    event: str,
+    from_state: str | None,
+    to_state: str | None,
+    reason: str,
+    actor: str,
+    details: Mapping[str, Any],
+) -> str:
+    body = json.dumps(
+        [seq, message_id, repr(float(at)), event, from_state, to_state, reason, actor, details],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    ok: bool
+    checked: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def verify_chain(records: Sequence[AuditRecord], start_hash: str = GENESIS_HASH) -> AuditVerification:
+    prev = start_hash
+    expected_seq: int | None = None
+    for count, rec in enumerate(records):
+        if expected_seq is not None and rec.seq != expected_seq:
+            return AuditVerification(False, count, rec.seq, f"record(s) missing before seq {rec.seq}")
+        if rec.prev_hash != prev:
+            return AuditVerification(False, count, rec.seq, "prev_hash does not link to the previous record")
+        computed = audit_hash(
+            prev,
+            seq=rec.seq,
+            message_id=rec.message_id,
+            at=rec.at,
+            event=rec.event,
+            from_state=rec.from_state,
+            to_state=rec.to_state,
+            reason=rec.reason,
+            actor=rec.actor,
+            details=rec.details,
+        )
+        if computed != rec.hash:
+            return AuditVerification(False, count, rec.seq, "record content does not match its hash")
+        prev = rec.hash
+        expected_seq = rec.seq + 1
+    return AuditVerification(True, len(records))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """An envelope plus the bookkeeping the store keeps beside it."""
+
+    envelope: Envelope
+    problems: tuple[Problem, ...] = ()
+    next_attempt_at: float | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    last_error: str | None = None
+    queued_at: float | None = None
+    ack_attempts: int = 0
+    updated_at: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve (readiness)."""
+
+    async def insert(self, envelope: Envelope, *, actor: str, reason: str = "received") -> tuple[StoredMessage, bool]:
+        """Store a new message (state RECEIVED) durably. Returns (message, created); an existing
+        message with the same ``(channel, idempotency_key)`` is returned unchanged with ``False``."""
+
+    async def get(self, message_id: str) -> StoredMessage | None: ...
+
+    async def find_by_source(self, channel: str, idempotency_key: str) -> StoredMessage | None: ...
+
+    async def transition(
+        self,
+        message_id: str,
+        target: MessageState,
+        *,
+        reason: str,
+        actor: str,
+        details: Mapping[str, Any] | None = None,
+        lease_owner: str | None = None,
+        route: str | None = None,
+        adapter: str | None = None,
+        next_attempt_at: float | None = None,
+        problems: Sequence[Problem] | None = None,
+        ack: AckState | None = None,
+        last_error: str | None = None,
+        reset_attempts: bool = False,
+    ) -> StoredMessage:
+        """Change state (checked against the state machine), clear any lease, audit it.
+        With ``lease_owner`` the change only happens if the caller still holds the lease
+        (else :class:`LeaseLost`)."""
+
+    async def claim_deliveries(
+        self, *, owner: str, adapter: str, limit: int, now: float, lease_seconds: float
+    ) -> list[StoredMessage]:
+        """Lease up to ``limit`` due messages (ROUTED/FAILED, next_attempt_at <= now, no live lease)
+        for ``adapter``; increments ``attempts`` and audits the attempt."""
+
+    async def release_leases(self, owner: str) -> int: ...
+
+    async def set_ack_pending(self, message_id: str, *, reason: str, actor: str) -> StoredMessage: ...
+
+    async def claim_acks(self, *, owner: str, limit: int, now: float, lease_seconds: float) -> list[StoredMessage]: ...
+
+    async def complete_ack(
+        self,
+        message_id: str,
+        *,
+        owner: str,
+        done: bool,
+        reason: str,
+        next_attempt_at: float | None,
+        actor: str,
+    ) -> StoredMessage:
+        """Record an upstream acknowledgement attempt; when done and the message is DELIVERED it
+        becomes ACKNOWLEDGED in the same transaction."""
+
+    async def list_messages(
+        self, *, states: Sequence[MessageState] | None = None, limit: int = 100, offset: int = 0
+    ) -> list[StoredMessage]: ...
+
+    async def count_by_state(self) -> dict[str, int]: ...
+
+    async def audit_trail(self, message_id: str) -> list[AuditRecord]: ...
+
+    async def verify_audit(self) -> AuditVerification: ...
+
+    async def note(
+        self,
+        message_id: str,
+        *,
+        event: str,
+        reason: str,
+        actor: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append an audit record without a state change (e.g. an operator action)."""

@@ -1,0 +1,661 @@
+"""SQLite store backend (the default): WAL + ``synchronous=FULL``, one serialised writer.
+
+Each public method runs one transaction in a worker thread (the connection is guarded by a lock),
+so the event loop never blocks on disk. ``BEGIN IMMEDIATE`` takes the write lock up front, which
+makes claim-then-update atomic even with several processes (e.g. the admin CLI) on one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.model import (
+    AckState,
+    BlobRef,
+    Envelope,
+    MessageState,
+    RoutingKeys,
+    SourceRef,
+    check_transition,
+)
+from gateway.pipeline.problems import Problem
+from gateway.store.base import (
+    GENESIS_HASH,
+    AuditRecord,
+    AuditVerification,
+    LeaseLost,
+    MessageNotFound,
+    StoredMessage,
+    audit_hash,
+    verify_chain,
+)
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        source_type TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        case_ref TEXT,
+        received_at REAL NOT NULL,
+        routing TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        data TEXT,
+        attachments TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ack TEXT NOT NULL,
+        route TEXT,
+        adapter TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        queued_at REAL,
+        lease_owner TEXT,
+        lease_until REAL,
+        last_error TEXT,
+        problems TEXT NOT NULL DEFAULT '[]',
+        ack_attempts INTEGER NOT NULL DEFAULT 0,
+        ack_next_at REAL,
+        ack_lease_owner TEXT,
+        ack_lease_until REAL,
+        updated_at REAL NOT NULL,
+        UNIQUE (channel, idempotency_key)
+    );
+    CREATE INDEX messages_due ON messages (adapter, state, next_attempt_at);
+    CREATE INDEX messages_ack_due ON messages (ack, ack_next_at);
+    CREATE INDEX messages_state ON messages (state, updated_at);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_message ON audit (message_id, seq);
+    -- The audit trail is append-only: the database itself refuses edits.
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    """,
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _blob_to_json(blob: BlobRef | None) -> dict[str, Any] | None:
+    if blob is None:
+        return None
+    return {
+        "name": blob.name,
+        "blob_id": blob.blob_id,
+        "sha512": blob.sha512,
+        "size": blob.size,
+        "media_type": blob.media_type,
+        "filename": blob.filename,
+        "attachment_id": blob.attachment_id,
+    }
+
+
+def _blob_from_json(raw: Mapping[str, Any]) -> BlobRef:
+    return BlobRef(**raw)
+
+
+def row_to_message(row: Any) -> StoredMessage:
+    data = json.loads(row["data"]) if row["data"] else None
+    envelope = Envelope(
+        id=row["id"],
+        source=SourceRef(
+            channel=row["channel"],
+            type=row["source_type"],
+            reference=row["reference"],
+            idempotency_key=row["idempotency_key"],
+            case=row["case_ref"],
+        ),
+        received_at=datetime.fromtimestamp(row["received_at"], UTC),
+        routing=RoutingKeys.from_dict(json.loads(row["routing"])),
+        metadata=json.loads(row["metadata"]),
+        data=_blob_from_json(data) if data else None,
+        attachments=tuple(_blob_from_json(a) for a in json.loads(row["attachments"])),
+        state=MessageState(row["state"]),
+        ack=AckState(row["ack"]),
+        route=row["route"],
+        adapter=row["adapter"],
+        attempts=row["attempts"],
+    )
+    return StoredMessage(
+        envelope=envelope,
+        problems=tuple(Problem.from_dict(p) for p in json.loads(row["problems"])),
+        next_attempt_at=row["next_attempt_at"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+        last_error=row["last_error"],
+        queued_at=row["queued_at"],
+        ack_attempts=row["ack_attempts"],
+        updated_at=row["updated_at"],
+    )
+
+
+def envelope_columns(envelope: Envelope) -> dict[str, Any]:
+    return {
+        "id": envelope.id,
+        "channel": envelope.source.channel,
+        "source_type": envelope.source.type,
+        "reference": envelope.source.reference,
+        "idempotency_key": envelope.source.idempotency_key,
+        "case_ref": envelope.source.case,
+        "received_at": envelope.received_at.timestamp(),
+        "routing": _dumps(envelope.routing.as_dict()),
+        "metadata": _dumps(dict(envelope.metadata)),
+        "data": _dumps(_blob_to_json(envelope.data)) if envelope.data else None,
+        "attachments": _dumps([_blob_to_json(a) for a in envelope.attachments]),
+        "state": envelope.state.value,
+        "ack": envelope.ack.value,
+        "route": envelope.route,
+        "adapter": envelope.adapter,
+        "attempts": envelope.attempts,
+    }
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # plumbing --------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we answer anyone (WAL's default NORMAL may lose the
+        # last transactions on power loss, which would mean losing an acknowledged application).
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def work() -> T:
+            with self._lock:
+                assert self._conn is not None, "store is not open"
+                return fn(self._conn)
+
+        return await asyncio.to_thread(work)
+
+    def _tx(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda conn: self._tx(conn, fn))
+
+    def pragma(self, name: str) -> Any:
+        assert self._conn is not None
+        return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    async def open(self) -> None:
+        self._conn = await asyncio.to_thread(self._connect)
+        await self._write(self._migrate)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            for statement in _split_sql(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+
+    async def schema_version(self) -> int:
+        return await self._run(lambda c: int(c.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    # audit -------------------------------------------------------------------------------------
+
+    def _append_audit(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        message_id: str,
+        event: str,
+        from_state: str | None,
+        to_state: str | None,
+        reason: str,
+        actor: str,
+        details: Mapping[str, Any] | None,
+        at: float,
+    ) -> None:
+        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq = (last["seq"] + 1) if last else 1
+        prev_hash = last["hash"] if last else GENESIS_HASH
+        details = dict(details or {})
+        digest = audit_hash(
+            prev_hash,
+            seq=seq,
+            message_id=message_id,
+            at=at,
+            event=event,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+            actor=actor,
+            details=details,
+        )
+        conn.execute(
+            "INSERT INTO audit (seq, message_id, at, event, from_state, to_state, reason, actor, details,"
+            " prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                seq,
+                message_id,
+                at,
+                event,
+                from_state,
+                to_state,
+                reason,
+                actor,
+                _dumps(details),
+                prev_hash,
+                digest,
+            ),
+        )
+
+    @staticmethod
+    def _audit_from_row(row: Any) -> AuditRecord:
+        return AuditRecord(
+            seq=row["seq"],
+            message_id=row["message_id"],
+            at=row["at"],
+            event=row["event"],
+            from_state=row["from_state"],
+            to_state=row["to_state"],
+            reason=row["reason"],
+            actor=row["actor"],
+            details=json.loads(row["details"]),
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+        )
+
+    async def audit_trail(self, message_id: str) -> list[AuditRecord]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT * FROM audit WHERE message_id = ? ORDER BY seq", (message_id,)).fetchall()
+        )
+        return [self._audit_from_row(r) for r in rows]
+
+    async def verify_audit(self) -> AuditVerification:
+        rows = await self._run(lambda c: c.execute("SELECT * FROM audit ORDER BY seq").fetchall())
+        records = [self._audit_from_row(r) for r in rows]
+        if records and records[0].seq != 1:
+            return AuditVerification(False, 0, records[0].seq, "the chain does not start at seq 1")
+        return verify_chain(records)
+
+    async def note(
+        self,
+        message_id: str,
+        *,
+        event: str,
+        reason: str,
+        actor: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            row = self._load(conn, message_id)
+            self._append_audit(
+                conn,
+                message_id=message_id,
+                event=event,
+                from_state=row["state"],
+                to_state=row["state"],
+                reason=reason,
+                actor=actor,
+                details=details,
+                at=self.clock(),
+            )
+
+        await self._write(fn)
+
+    # messages ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, message_id: str) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise MessageNotFound(message_id)
+        return row  # type: ignore[no-any-return]
+
+    async def insert(self, envelope: Envelope, *, actor: str, reason: str = "received") -> tuple[StoredMessage, bool]:
+        def fn(conn: sqlite3.Connection) -> tuple[StoredMessage, bool]:
+            existing = conn.execute(
+                "SELECT * FROM messages WHERE channel = ? AND idempotency_key = ?",
+                (envelope.source.channel, envelope.source.idempotency_key),
+            ).fetchone()
+            if existing is not None:
+                return row_to_message(existing), False
+            now = self.clock()
+            cols = envelope_columns(envelope.with_(state=MessageState.RECEIVED))
+            cols["updated_at"] = now
+            names = ", ".join(cols)
+            marks = ", ".join("?" * len(cols))  # column names are ours, values are bound
+            conn.execute(f"INSERT INTO messages ({names}) VALUES ({marks})", tuple(cols.values()))  # noqa: S608
+            self._append_audit(
+                conn,
+                message_id=envelope.id,
+                event="transition",
+                from_state=None,
+                to_state=MessageState.RECEIVED.value,
+                reason=reason,
+                actor=actor,
+                details={"channel": envelope.source.channel, "reference": envelope.source.reference},
+                at=now,
+            )
+            return row_to_message(self._load(conn, envelope.id)), True
+
+        return await self._write(fn)
+
+    async def get(self, message_id: str) -> StoredMessage | None:
+        row = await self._run(lambda c: c.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone())
+        return row_to_message(row) if row else None
+
+    async def find_by_source(self, channel: str, idempotency_key: str) -> StoredMessage | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT * FROM messages WHERE channel = ? AND idempotency_key = ?", (channel, idempotency_key)
+            ).fetchone()
+        )
+        return row_to_message(row) if row else None
+
+    async def transition(
+        self,
+        message_id: str,
+        target: MessageState,
+        *,
+        reason: str,
+        actor: str,
+        details: Mapping[str, Any] | None = None,
+        lease_owner: str | None = None,
+        route: str | None = None,
+        adapter: str | None = None,
+        next_attempt_at: float | None = None,
+        problems: Sequence[Problem] | None = None,
+        ack: AckState | None = None,
+        last_error: str | None = None,
+        reset_attempts: bool = False,
+    ) -> StoredMessage:
+        def fn(conn: sqlite3.Connection) -> StoredMessage:
+            row = self._load(conn, message_id)
+            now = self.clock()
+            if lease_owner is not None and (row["lease_owner"] != lease_owner or (row["lease_until"] or 0) < now):
+                raise LeaseLost(message_id)
+            current = MessageState(row["state"])
+            check_transition(message_id, current, target)
+            sets: dict[str, Any] = {
+                "state": target.value,
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_until": None,
+            }
+            if route is not None:
+                sets["route"] = route
+            if adapter is not None:
+                sets["adapter"] = adapter
+            if target in (MessageState.ROUTED, MessageState.FAILED):
+                sets["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+            if target is MessageState.ROUTED and (current is not MessageState.FAILED):
+                sets["queued_at"] = now
+            if problems is not None:
+                sets["problems"] = _dumps([p.as_dict() for p in problems])
+            if ack is not None:
+                sets["ack"] = ack.value
+                if ack is AckState.PENDING:
+                    sets["ack_next_at"] = now
+            if last_error is not None:
+                sets["last_error"] = last_error
+            if reset_attempts:
+                sets["attempts"] = 0
+            assignments = ", ".join(f"{k} = ?" for k in sets)
+            conn.execute(f"UPDATE messages SET {assignments} WHERE id = ?", (*sets.values(), message_id))  # noqa: S608
+            self._append_audit(
+                conn,
+                message_id=message_id,
+                event="transition",
+                from_state=current.value,
+                to_state=target.value,
+                reason=reason,
+                actor=actor,
+                details=details,
+                at=now,
+            )
+            return row_to_message(self._load(conn, message_id))
+
+        return await self._write(fn)
+
+    async def claim_deliveries(
+        self, *, owner: str, adapter: str, limit: int, now: float, lease_seconds: float
+    ) -> list[StoredMessage]:
+        def fn(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                "SELECT id, state, attempts FROM messages WHERE adapter = ? AND state IN ('routed', 'failed')"
+                " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (adapter, now, now, limit),
+            ).fetchall()
+            claimed = []
+            for row in rows:
+                conn.execute(
+                    "UPDATE messages SET lease_owner = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                    " WHERE id = ?",
+                    (owner, now + lease_seconds, now, row["id"]),
+                )
+                self._append_audit(
+                    conn,
+                    message_id=row["id"],
+                    event="attempt",
+                    from_state=row["state"],
+                    to_state=row["state"],
+                    reason=f"delivery attempt {row['attempts'] + 1}",
+                    actor=owner,
+                    details={"adapter": adapter, "attempt": row["attempts"] + 1},
+                    at=now,
+                )
+                claimed.append(row_to_message(self._load(conn, row["id"])))
+            return claimed
+
+        return await self._write(fn)
+
+    async def release_leases(self, owner: str) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (owner,)
+            )
+            cur2 = conn.execute(
+                "UPDATE messages SET ack_lease_owner = NULL, ack_lease_until = NULL WHERE ack_lease_owner = ?",
+                (owner,),
+            )
+            return cur.rowcount + cur2.rowcount
+
+        return await self._write(fn)
+
+    async def set_ack_pending(self, message_id: str, *, reason: str, actor: str) -> StoredMessage:
+        def fn(conn: sqlite3.Connection) -> StoredMessage:
+            row = self._load(conn, message_id)
+            if row["ack"] != AckState.DONE.value:
+                now = self.clock()
+                conn.execute(
+                    "UPDATE messages SET ack = 'pending', ack_next_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, message_id),
+                )
+                self._append_audit(
+                    conn,
+                    message_id=message_id,
+                    event="ack",
+                    from_state=row["state"],
+                    to_state=row["state"],
+                    reason=reason,
+                    actor=actor,
+                    details={"ack": "pending"},
+                    at=now,
+                )
+            return row_to_message(self._load(conn, message_id))
+
+        return await self._write(fn)
+
+    async def claim_acks(self, *, owner: str, limit: int, now: float, lease_seconds: float) -> list[StoredMessage]:
+        def fn(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                "SELECT id FROM messages WHERE ack = 'pending' AND ack_next_at <= ?"
+                " AND (ack_lease_until IS NULL OR ack_lease_until < ?) ORDER BY ack_next_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE messages SET ack_lease_owner = ?, ack_lease_until = ?, ack_attempts = ack_attempts + 1"
+                    " WHERE id = ?",
+                    (owner, now + lease_seconds, row["id"]),
+                )
+            return [row_to_message(self._load(conn, r["id"])) for r in rows]
+
+        return await self._write(fn)
+
+    async def complete_ack(
+        self,
+        message_id: str,
+        *,
+        owner: str,
+        done: bool,
+        reason: str,
+        next_attempt_at: float | None,
+        actor: str,
+    ) -> StoredMessage:
+        def fn(conn: sqlite3.Connection) -> StoredMessage:
+            row = self._load(conn, message_id)
+            now = self.clock()
+            if row["ack_lease_owner"] != owner:
+                raise LeaseLost(message_id)
+            state = MessageState(row["state"])
+            if done:
+                conn.execute(
+                    "UPDATE messages SET ack = 'done', ack_lease_owner = NULL, ack_lease_until = NULL, updated_at = ?"
+                    " WHERE id = ?",
+                    (now, message_id),
+                )
+                self._append_audit(
+                    conn,
+                    message_id=message_id,
+                    event="ack",
+                    from_state=state.value,
+                    to_state=state.value,
+                    reason=reason,
+                    actor=actor,
+                    details={"ack": "done"},
+                    at=now,
+                )
+                if state is MessageState.DELIVERED:
+                    check_transition(message_id, state, MessageState.ACKNOWLEDGED)
+                    conn.execute("UPDATE messages SET state = 'acknowledged' WHERE id = ?", (message_id,))
+                    self._append_audit(
+                        conn,
+                        message_id=message_id,
+                        event="transition",
+                        from_state=state.value,
+                        to_state=MessageState.ACKNOWLEDGED.value,
+                        reason="acknowledged upstream",
+                        actor=actor,
+                        details=None,
+                        at=now,
+                    )
+            else:
+                conn.execute(
+                    "UPDATE messages SET ack_next_at = ?, ack_lease_owner = NULL, ack_lease_until = NULL,"
+                    " last_error = ?, updated_at = ? WHERE id = ?",
+                    (next_attempt_at if next_attempt_at is not None else now, reason, now, message_id),
+                )
+                self._append_audit(
+                    conn,
+                    message_id=message_id,
+                    event="ack-failed",
+                    from_state=state.value,
+                    to_state=state.value,
+                    reason=reason,
+                    actor=actor,
+                    details={"attempt": row["ack_attempts"]},
+                    at=now,
+                )
+            return row_to_message(self._load(conn, message_id))
+
+        return await self._write(fn)
+
+    async def list_messages(
+        self, *, states: Sequence[MessageState] | None = None, limit: int = 100, offset: int = 0
+    ) -> list[StoredMessage]:
+        def fn(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if states:
+                marks = ", ".join("?" * len(states))
+                return conn.execute(
+                    f"SELECT * FROM messages WHERE state IN ({marks}) ORDER BY received_at, id LIMIT ? OFFSET ?",  # noqa: S608
+                    (*[s.value for s in states], limit, offset),
+                ).fetchall()
+            return conn.execute(
+                "SELECT * FROM messages ORDER BY received_at, id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+
+        return [row_to_message(r) for r in await self._run(fn)]
+
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT state, count(*) AS n FROM messages GROUP BY state").fetchall()
+        )
+        counts = {s.value: 0 for s in MessageState}
+        counts.update({r["state"]: r["n"] for r in rows})
+        return counts
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies (``BEGIN ... END;``) whole."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.strip().splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            statements.append(text)
+            current = []
+    if "\n".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements
