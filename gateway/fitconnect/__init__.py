@@ -1,0 +1,1 @@
+"""FIT-Connect: JOSE profile, keys, Security Event Tokens, callbacks, metadata, test sender, sandbox."""
