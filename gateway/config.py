@@ -61,9 +61,11 @@ class _Reader:
         value = self.raw[name]
         # bool is an int in Python; TOML keeps them apart, so do we.
         kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds:
+            kinds = (*kinds, int)  # TOML writes 30 for 30.0
         ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
         if not ok:
-            names = " or ".join(k.__name__ for k in kinds)
+            names = " or ".join(k.__name__ for k in kinds if k is not int or float not in kinds)
             self.error(name, f"expected {names}, got {type(value).__name__}")
             return default
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):

@@ -25,7 +25,8 @@ class MessageState(enum.StrEnum):
     DEAD = "dead"  # permanent failure or retries exhausted; an operator decides
 
 
-# Allowed transitions. DEAD -> ROUTED is the operator's "retry"; the history stays in the audit trail.
+# Allowed transitions. DEAD -> ROUTED is the operator's "retry", DEAD -> REJECTED the "discard";
+# the history stays in the audit trail.
 TRANSITIONS: Mapping[MessageState, frozenset[MessageState]] = {
     MessageState.RECEIVED: frozenset({MessageState.VALIDATED, MessageState.REJECTED, MessageState.DEAD}),
     MessageState.VALIDATED: frozenset({MessageState.ROUTED, MessageState.REJECTED, MessageState.DEAD}),
@@ -34,7 +35,7 @@ TRANSITIONS: Mapping[MessageState, frozenset[MessageState]] = {
     MessageState.DELIVERED: frozenset({MessageState.ACKNOWLEDGED}),
     MessageState.ACKNOWLEDGED: frozenset(),
     MessageState.REJECTED: frozenset(),
-    MessageState.DEAD: frozenset({MessageState.ROUTED}),
+    MessageState.DEAD: frozenset({MessageState.ROUTED, MessageState.REJECTED}),  # retry / discard
 }
 
 TERMINAL_STATES = frozenset({MessageState.ACKNOWLEDGED, MessageState.REJECTED})
@@ -57,6 +58,7 @@ class AckState(enum.StrEnum):
     """Upstream acknowledgement (e.g. FIT-Connect accept-/reject-submission), tracked beside the state."""
 
     NONE = "none"  # the source needs no acknowledgement
+    WAITING = "waiting"  # will be due once the outcome is known (accept/reject policy of the source)
     PENDING = "pending"  # due, not yet confirmed by upstream
     DONE = "done"  # upstream confirmed
 

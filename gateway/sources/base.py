@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.metrics import Metrics
     from gateway.model import Envelope
     from gateway.pipeline.intake import Intake
     from gateway.pipeline.problems import Problem
+    from gateway.store.blobs import BlobStore
 
 
 class AckOutcome(enum.StrEnum):
@@ -42,12 +44,16 @@ class SourceContext:
     resolve_secret: Callable[[Mapping[str, Any], str], str | None]
     production: bool
     add_routes: Callable[[list[web.RouteDef]], None]  # public HTTP routes (callbacks, intake)
+    blobs: BlobStore  # write payloads here (streamed, hashed, fsynced) before calling intake
+    metrics: Metrics
+    options_key: str = ""  # "sources.NAME": prefix for ConfigError keys
 
 
 @runtime_checkable
 class Source(Protocol):
     name: str
     needs_ack: bool  # False: messages go straight to ACKNOWLEDGED after delivery
+    accept_policy: str  # when to accept upstream: "delivered" (default, safest) or "stored"
 
     async def run(self) -> None:
         """Receive until cancelled. Must survive upstream errors (log, back off, go on)."""
@@ -69,5 +75,3 @@ class SourceType:
     name: str
     create: Callable[[SourceContext, Mapping[str, Any]], Source]
     description: str = ""
-    # When the upstream accept may be sent: "delivered" (default, safest) or "stored".
-    default_accept_policy: str = "delivered"

@@ -142,9 +142,12 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise if the store cannot serve (readiness)."""
 
-    async def insert(self, envelope: Envelope, *, actor: str, reason: str = "received") -> tuple[StoredMessage, bool]:
-        """Store a new message (state RECEIVED) durably. Returns (message, created); an existing
-        message with the same ``(channel, idempotency_key)`` is returned unchanged with ``False``."""
+    async def insert(
+        self, envelope: Envelope, *, actor: str, reason: str = "received", problems: Sequence[Problem] = ()
+    ) -> tuple[StoredMessage, bool]:
+        """Store a new message (state RECEIVED) durably, with the problems its channel already found.
+        Returns (message, created); an existing message with the same ``(channel, idempotency_key)``
+        is returned unchanged with ``False``."""
 
     async def get(self, message_id: str) -> StoredMessage | None: ...
 
@@ -176,6 +179,9 @@ class Store(Protocol):
     ) -> list[StoredMessage]:
         """Lease up to ``limit`` due messages (ROUTED/FAILED, next_attempt_at <= now, no live lease)
         for ``adapter``; increments ``attempts`` and audits the attempt."""
+
+    async def renew_lease(self, message_id: str, *, owner: str, until: float) -> None:
+        """Extend a delivery lease held by ``owner`` (long deliveries); :class:`LeaseLost` if gone."""
 
     async def release_leases(self, owner: str) -> int: ...
 

@@ -358,7 +358,9 @@ class SQLiteStore:
             raise MessageNotFound(message_id)
         return row  # type: ignore[no-any-return]
 
-    async def insert(self, envelope: Envelope, *, actor: str, reason: str = "received") -> tuple[StoredMessage, bool]:
+    async def insert(
+        self, envelope: Envelope, *, actor: str, reason: str = "received", problems: Sequence[Problem] = ()
+    ) -> tuple[StoredMessage, bool]:
         def fn(conn: sqlite3.Connection) -> tuple[StoredMessage, bool]:
             existing = conn.execute(
                 "SELECT * FROM messages WHERE channel = ? AND idempotency_key = ?",
@@ -369,6 +371,7 @@ class SQLiteStore:
             now = self.clock()
             cols = envelope_columns(envelope.with_(state=MessageState.RECEIVED))
             cols["updated_at"] = now
+            cols["problems"] = _dumps([p.as_dict() for p in problems])
             names = ", ".join(cols)
             marks = ", ".join("?" * len(cols))  # column names are ours, values are bound
             conn.execute(f"INSERT INTO messages ({names}) VALUES ({marks})", tuple(cols.values()))  # noqa: S608
@@ -496,6 +499,17 @@ class SQLiteStore:
             return claimed
 
         return await self._write(fn)
+
+    async def renew_lease(self, message_id: str, *, owner: str, until: float) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE messages SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_until >= ?",
+                (until, message_id, owner, self.clock()),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(message_id)
+
+        await self._write(fn)
 
     async def release_leases(self, owner: str) -> int:
         def fn(conn: sqlite3.Connection) -> int:

@@ -1,0 +1,317 @@
+"""The ``gateway`` command line.
+
+Core commands live here; subsystems and plugins add theirs through the ``gateway_add_commands``
+hook (the built-in ones go through the same hook, see :mod:`gateway.builtin_plugins`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError, ConfigErrors
+from gateway.model import MessageState, RoutingKeys
+from gateway.plugins import PluginHost
+
+DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="path to gateway.toml (env GATEWAY_CONFIG)")
+
+
+def _load(path: str) -> GatewayConfig:
+    return load_config(Path(path))
+
+
+def _print_config_errors(exc: ConfigError | ConfigErrors) -> None:
+    errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+    for err in errors:
+        print(f"error: {err.render()}", file=sys.stderr)
+
+
+# run ----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.http.app import create_app
+    from gateway.logs import configure_logging
+    from gateway.runtime import build_runtime
+
+    config = _load(args.config)
+    configure_logging(format=config.logging.format, level=config.logging.level)
+    runtime = build_runtime(config)
+    asyncio.run(serve(create_app(runtime), config.http.host, args.port or config.http.port, config.http.drain_seconds))
+    return 0
+
+
+async def serve(app: Any, host: str, port: int, drain_seconds: float, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, shutdown_timeout=drain_seconds, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+# check-config / plugins / route ----------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.runtime import build_runtime
+
+    path = args.path or args.config
+    try:
+        config = _load(path)
+        build_runtime(config)  # validates plugin-specific options too
+    except (ConfigError, ConfigErrors) as exc:
+        _print_config_errors(exc)
+        return 2
+    print(f"{path}: ok ({len(config.sources)} sources, {len(config.adapters)} adapters, {len(config.routes)} routes)")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    allow: Sequence[str] = ()
+    block: Sequence[str] = ()
+    if Path(args.config).is_file():
+        config = _load(args.config)
+        allow, block = config.plugins.allow, config.plugins.block
+    host = PluginHost.load(allow=allow, block=block)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": i.name,
+            "distribution": i.distribution,
+            "version": i.version,
+            "builtin": i.builtin,
+            "adapter_types": list(i.adapter_types),
+            "source_types": list(i.source_types),
+        }
+        for i in host.infos
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        provides = [f"adapter:{t}" for t in row["adapter_types"]] + [f"source:{t}" for t in row["source_types"]]
+        dist = f"{row['distribution']} {row['version']}" if row["distribution"] else "-"
+        print(f"{row['name']:<28} {dist:<28} {', '.join(provides) or '-'}")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from gateway.routing import Router
+
+    config = _load(args.config)
+    values: dict[str, Any] = {}
+    source = None
+    for item in args.keys:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: expected key=value, got {item!r}", file=sys.stderr)
+            return 2
+        if key == "source":
+            source = value
+        elif key == "test":
+            values["test"] = value.lower() in ("1", "true", "yes")
+        elif key in ("service", "region", "destination", "message_type", "namespace", "sender"):
+            values[key] = value
+        else:
+            print(f"error: unknown routing key {key!r}", file=sys.stderr)
+            return 2
+    router = Router.from_config(config)
+    keys = RoutingKeys.from_dict(values)
+    if args.explain:
+        for line in router.explain(keys, source):
+            print(line)
+    decision = router.decide(keys, source)
+    if not args.explain:
+        print(decision.route.name if decision.route else f"rejected: {decision.reason}")
+    return 0 if decision.route else 1
+
+
+# store-backed admin commands ------------------------------------------------------------------
+
+
+async def _with_store(config: GatewayConfig, fn: Any) -> int:
+    from gateway.runtime import open_store
+
+    store = open_store(config)
+    await store.open()
+    try:
+        result: int = await fn(store)
+        return result
+    finally:
+        await store.close()
+
+
+def _summary_line(stored: Any) -> str:
+    env = stored.envelope
+    return (
+        f"{env.id}  {env.state.value:<12} {env.source.channel:<20} route={env.route or '-'} "
+        f"attempts={env.attempts} error={stored.last_error or '-'}"
+    )
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from gateway.http.app import discard_dead_letter, message_summary
+
+    config = _load(args.config)
+
+    async def work(store: Any) -> int:
+        if args.action == "list":
+            rows = await store.list_messages(states=[MessageState.DEAD], limit=args.limit)
+            for row in rows:
+                print(_summary_line(row))
+            print(f"{len(rows)} dead letter(s)")
+            return 0
+        stored = await store.get(args.id)
+        if stored is None:
+            print(f"error: no message {args.id}", file=sys.stderr)
+            return 1
+        if args.action == "show":
+            trail = await store.audit_trail(args.id)
+            print(json.dumps({**message_summary(stored), "audit": [r.as_dict() for r in trail]}, indent=2))
+            return 0
+        if stored.envelope.state is not MessageState.DEAD:
+            print(f"error: message is {stored.envelope.state.value}, not dead", file=sys.stderr)
+            return 1
+        if args.action == "retry":
+            await store.transition(
+                args.id,
+                MessageState.ROUTED,
+                reason="operator retry",
+                actor=f"cli:{os.environ.get('USER', 'operator')}",
+                reset_attempts=True,
+                details={"previous_attempts": stored.envelope.attempts},
+            )
+            print(f"{args.id}: back on the delivery path (history kept)")
+            return 0
+        try:
+            await discard_dead_letter(
+                store, stored, actor=f"cli:{os.environ.get('USER', 'operator')}", force=args.force
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.id}: discarded (rejected upstream where the source needs it)")
+        return 0
+
+    return asyncio.run(_with_store(config, work))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def work(store: Any) -> int:
+        if args.action == "show":
+            for rec in await store.audit_trail(args.id):
+                print(json.dumps(rec.as_dict(), ensure_ascii=False))
+            return 0
+        result = await store.verify_audit()
+        if result.ok:
+            print(f"audit chain intact: {result.checked} record(s)")
+            return 0
+        print(f"audit chain BROKEN at seq {result.broken_seq}: {result.reason}", file=sys.stderr)
+        return 1
+
+    return asyncio.run(_with_store(config, work))
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def work(store: Any) -> int:
+        version = await store.schema_version()
+        print(f"database schema at version {version}")
+        return 0
+
+    return asyncio.run(_with_store(config, work))  # opening the store applies pending migrations
+
+
+def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="OZG integration gateway")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway (HTTP surface, sources, delivery)")
+    _config_arg(p)
+    p.add_argument("--port", type=int, default=None, help="override [http] port")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    _config_arg(p)
+    p.add_argument("path", nargs="?", help="config file (default: --config)")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and the types they provide")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("route", help="show which route a message with these keys takes")
+    _config_arg(p)
+    p.add_argument("--explain", action="store_true", help="say why each earlier rule did not match")
+    p.add_argument("keys", nargs="*", metavar="key=value", help="service=, region=, destination=, message_type=, ...")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("dead-letters", help="inspect and replay dead letters")
+    _config_arg(p)
+    dl = p.add_subparsers(dest="action", required=True)
+    q = dl.add_parser("list")
+    q.add_argument("--limit", type=int, default=100)
+    for action in ("show", "retry", "discard"):
+        q = dl.add_parser(action)
+        q.add_argument("id")
+        if action == "discard":
+            q.add_argument("--force", action="store_true", help="discard even if already accepted upstream")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("audit", help="audit trail: verify the hash chain, show a message's history")
+    _config_arg(p)
+    au = p.add_subparsers(dest="action", required=True)
+    au.add_parser("verify")
+    q = au.add_parser("show")
+    q.add_argument("id")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("db", help="database schema")
+    _config_arg(p)
+    dbs = p.add_subparsers(dest="action", required=True)
+    dbs.add_parser("upgrade", help="apply pending migrations")
+    p.set_defaults(func=cmd_db)
+
+    (host or PluginHost.load(entry_points_enabled=False)).add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        host = PluginHost.load(entry_points_enabled=False)
+        args = build_parser(host).parse_args(argv)
+        result: int = args.func(args)
+        return result
+    except (ConfigError, ConfigErrors) as exc:
+        _print_config_errors(exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130

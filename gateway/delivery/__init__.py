@@ -1,0 +1,1 @@
+"""Delivery: leases, retries with backoff + jitter, dead letters; and upstream acknowledgements."""

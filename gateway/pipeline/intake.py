@@ -1,0 +1,213 @@
+"""Intake: every channel hands messages here; nothing is answered before the commit is durable.
+
+``receive`` inserts the message (idempotent per ``(channel, idempotency_key)``) and then drives it
+through checks and routing. Each step is its own committed transition, so a crash between steps
+loses nothing: :meth:`Intake.resume` (run at startup and periodically) continues stalled messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from gateway.metrics import Metrics
+from gateway.model import (
+    AckState,
+    BlobRef,
+    Envelope,
+    InvalidTransition,
+    MessageState,
+    RoutingKeys,
+    SourceRef,
+    new_message_id,
+)
+from gateway.pipeline.problems import Problem
+from gateway.plugins import PluginHost
+from gateway.routing import Router
+from gateway.store.base import Store, StoredMessage
+
+log = structlog.get_logger(__name__)
+
+ACCEPT_POLICIES = ("delivered", "stored")
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    source: SourceRef
+    routing: RoutingKeys
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    data: BlobRef | None = None
+    attachments: Sequence[BlobRef] = ()
+    problems: Sequence[Problem] = ()  # what the channel's own checks found (e.g. FIT-Connect receipt checks)
+    needs_ack: bool = False  # upstream must be told accept/reject
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    message: StoredMessage
+    created: bool
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        router: Router,
+        plugins: PluginHost,
+        metrics: Metrics,
+        accept_policy: Callable[[str], str],
+        on_routed: Callable[[], None] = lambda: None,
+        on_ack_due: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.plugins = plugins
+        self.metrics = metrics
+        self.accept_policy = accept_policy  # channel -> "delivered" | "stored"
+        self.on_routed = on_routed
+        self.on_ack_due = on_ack_due
+        self.clock = clock
+        self.draining = False
+
+    async def receive(self, incoming: IncomingMessage) -> IntakeResult:
+        if self.draining:
+            raise IntakeClosed()
+        envelope = Envelope(
+            id=new_message_id(),
+            source=incoming.source,
+            received_at=incoming.received_at or datetime.fromtimestamp(self.clock(), UTC),
+            routing=incoming.routing,
+            metadata=dict(incoming.metadata),
+            data=incoming.data,
+            attachments=tuple(incoming.attachments),
+            ack=AckState.WAITING if incoming.needs_ack else AckState.NONE,
+        )
+        stored, created = await self.store.insert(
+            envelope, actor=f"source:{incoming.source.channel}", problems=incoming.problems
+        )
+        channel = incoming.source.channel
+        if not created:
+            self.metrics.duplicates.labels(channel).inc()
+            log.info("duplicate_received", message_id=stored.envelope.id, source=channel, state=stored.envelope.state)
+            return IntakeResult(stored, False)
+        self.metrics.received.labels(channel).inc()
+        log.info("message_received", message_id=envelope.id, source=channel, source_type=incoming.source.type)
+        stored = await self.process(stored)
+        return IntakeResult(stored, True)
+
+    async def process(self, stored: StoredMessage) -> StoredMessage:
+        """Advance a message from RECEIVED/VALIDATED as far as the pipeline goes."""
+        env = stored.envelope
+        channel = env.source.channel
+        actor = "pipeline"
+        try:
+            if env.state is MessageState.RECEIVED:
+                problems = list(stored.problems)
+                if not problems:
+                    problems = await self.plugins.validate_message(env, {})
+                if problems:
+                    return await self._reject(stored, problems, "checks failed")
+                stored = await self.store.transition(
+                    env.id, MessageState.VALIDATED, reason="all checks passed", actor=actor
+                )
+                await self.plugins.message_transition(stored.envelope, MessageState.RECEIVED.value, "all checks passed")
+                env = stored.envelope
+            if env.state is MessageState.VALIDATED:
+                decision = self.router.decide(env.routing, channel)
+                if decision.route is None:
+                    assert decision.rejection is not None
+                    problem = Problem(decision.rejection, "Message could not be routed", decision.reason)
+                    return await self._reject(stored, [problem], decision.reason)
+                ack = None
+                if env.ack is AckState.WAITING and self.accept_policy(channel) == "stored":
+                    ack = AckState.PENDING
+                stored = await self.store.transition(
+                    env.id,
+                    MessageState.ROUTED,
+                    reason=decision.reason,
+                    actor=actor,
+                    route=decision.route.name,
+                    adapter=decision.route.adapter,
+                    ack=ack,
+                    details={"route": decision.route.name, "adapter": decision.route.adapter},
+                )
+                self.metrics.routed.labels(channel, decision.route.name).inc()
+                log.info("message_routed", message_id=env.id, route=decision.route.name, adapter=decision.route.adapter)
+                await self.plugins.message_transition(stored.envelope, MessageState.VALIDATED.value, decision.reason)
+                self.on_routed()
+                if ack is AckState.PENDING:
+                    self.on_ack_due()
+        except InvalidTransition:
+            # Someone else (another instance, the resume job) advanced it first: that's fine.
+            current = await self.store.get(env.id)
+            assert current is not None
+            return current
+        return stored
+
+    async def _reject(self, stored: StoredMessage, problems: list[Problem], reason: str) -> StoredMessage:
+        env = stored.envelope
+        ack = AckState.PENDING if env.ack is AckState.WAITING else None
+        result = await self.store.transition(
+            env.id,
+            MessageState.REJECTED,
+            reason=reason,
+            actor="pipeline",
+            problems=problems,
+            ack=ack,
+            details={"problems": [p.type for p in problems]},
+        )
+        for problem in problems:
+            self.metrics.rejected.labels(env.source.channel, problem.type.rsplit("/", 1)[-1]).inc()
+        log.info(
+            "message_rejected",
+            message_id=env.id,
+            source=env.source.channel,
+            problem_types=sorted({p.type for p in problems}),
+            instances=sorted({p.instance or "" for p in problems}),
+        )
+        await self.plugins.message_transition(result.envelope, env.state.value, reason)
+        if ack is AckState.PENDING:
+            self.on_ack_due()
+        return result
+
+    async def resume(self, *, older_than: float = 30.0) -> int:
+        """Continue messages left in RECEIVED/VALIDATED (a crash between steps); returns how many."""
+        count = 0
+        cutoff = self.clock() - older_than
+        offset = 0
+        while True:
+            batch = await self.store.list_messages(
+                states=[MessageState.RECEIVED, MessageState.VALIDATED], limit=200, offset=offset
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            for stored in batch:
+                if stored.updated_at <= cutoff:
+                    await self.process(stored)
+                    count += 1
+        if count:
+            log.info("pipeline_resumed", count=count)
+        return count
+
+    async def resume_loop(self, interval: float = 30.0) -> None:
+        await self.resume(older_than=0.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.resume(older_than=interval)
+            except Exception:
+                log.exception("pipeline_resume_failed")
+
+
+class IntakeClosed(Exception):
+    """The gateway is draining for shutdown: the channel must answer 503 / retry later."""
