@@ -1,0 +1,252 @@
+"""The filesystem adapter: one directory per message, made visible atomically by a rename.
+
+A delivery is built in a hidden temporary directory beside its final place (same filesystem),
+every file and the directory are fsynced, then the directory is renamed to the message id and
+the parent fsynced. A reader therefore sees either nothing or the complete directory with its
+``manifest.json``; it must ignore names starting with ``.`` (temporary directories).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import structlog
+
+from gateway.adapters.base import Adapter, AdapterContext, BlobReader, Delivery, DeliveryResult
+from gateway.model import BlobRef, Envelope
+from gateway_filesystem.filenames import NameAllocator, data_filename, extension_for, sanitize_filename
+from gateway_filesystem.layout import LayoutError
+from gateway_filesystem.manifest import MANIFEST_NAME, FileEntry, is_complete, render_manifest
+from gateway_filesystem.options import FilesystemOptions, parse_options, probe_writable
+
+logger = structlog.get_logger(__name__)
+
+TEMP_PREFIX = ".tmp-"  # + "<id>~<random>": "~" never occurs in an id accepted by the layout
+
+
+class _Permanent(Exception):
+    """Retrying cannot help (the reason is safe to log)."""
+
+
+class _BlobReadError(Exception):
+    """Reading the gateway's own blob failed (not the target directory)."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def _os_reason(what: str, exc: OSError) -> str:
+    """E.g. ``writing failed: ENOSPC (No space left on device)`` (no paths: they may name a person)."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    detail = f" ({exc.strerror})" if exc.strerror else ""
+    return f"{what} failed: {code or type(exc).__name__}{detail}"
+
+
+def _is_temp_of(name: str, message_id: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name[len(TEMP_PREFIX) :].rpartition("~")[0] == message_id
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_chunk(fh: BinaryIO, hasher: Any, chunk: bytes) -> None:
+    fh.write(chunk)
+    hasher.update(chunk)
+
+
+def _close_quietly(fh: BinaryIO) -> None:
+    with contextlib.suppress(OSError):
+        fh.close()
+
+
+def plan_files(envelope: Envelope) -> list[FileEntry]:
+    """Decide every file name up front: data part first, then attachments in envelope order."""
+    data_name = data_filename(envelope.data.media_type) if envelope.data else None
+    names = NameAllocator(reserved=(MANIFEST_NAME, data_name) if data_name else (MANIFEST_NAME,))
+    files = [FileEntry(envelope.data, data_name)] if envelope.data and data_name else []
+    for n, blob in enumerate(envelope.attachments, start=1):
+        wanted = sanitize_filename(blob.filename) or f"attachment-{n}{extension_for(blob.media_type)}"
+        files.append(FileEntry(blob, names.allocate(wanted)))
+    return files
+
+
+@dataclass(slots=True)
+class FilesystemAdapter:
+    name: str
+    options: FilesystemOptions
+
+    async def check(self) -> str | None:
+        return await asyncio.to_thread(probe_writable, self.options.directory)
+
+    async def close(self) -> None:
+        return None
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        envelope = delivery.envelope
+        log = logger.bind(adapter=self.name, message_id=envelope.id, attempt=delivery.attempt)
+        try:
+            segments = self.options.layout.render(envelope)
+        except LayoutError as exc:
+            return DeliveryResult.permanent(str(exc))
+        final = self.options.directory.joinpath(*segments)
+        reference = "/".join(segments)
+        result = await self._deliver(envelope, delivery.blobs, final, reference)
+        log.info("filesystem.delivery", outcome=str(result.outcome), reason=result.reason, path=reference)
+        return result
+
+    async def _deliver(self, envelope: Envelope, blobs: BlobReader, final: Path, reference: str) -> DeliveryResult:
+        try:
+            if await asyncio.to_thread(os.path.lexists, final):
+                return await self._existing(final, envelope.id, reference)
+            files = plan_files(envelope)
+            render_manifest(envelope, files)  # fail before copying anything if metadata is not JSON
+            temp = await asyncio.to_thread(self._prepare, final, envelope.id)
+        except (TypeError, ValueError):
+            return DeliveryResult.permanent("envelope metadata is not JSON-serialisable")
+        except OSError as exc:
+            return DeliveryResult.transient(_os_reason("preparing the target directory", exc))
+
+        try:
+            for entry in files:
+                await self._copy(blobs, entry.blob, temp / entry.file)
+            manifest = render_manifest(envelope, files)
+            renamed = await asyncio.to_thread(self._finish, temp, final, manifest)
+        except BaseException as exc:
+            # Runs for cancellation too; the thread finishes even if we are cancelled again.
+            await asyncio.to_thread(shutil.rmtree, temp, True)
+            if isinstance(exc, _Permanent):
+                return DeliveryResult.permanent(str(exc))
+            if isinstance(exc, _BlobReadError):
+                return DeliveryResult.transient(_os_reason("reading the stored blob", exc.cause))
+            if isinstance(exc, OSError):
+                return DeliveryResult.transient(_os_reason("writing", exc))
+            raise
+        if not renamed:  # someone else finished first (e.g. a parallel attempt)
+            await asyncio.to_thread(shutil.rmtree, temp, True)
+            return await self._existing(final, envelope.id, reference)
+        return DeliveryResult.delivered(reference)
+
+    async def _existing(self, final: Path, message_id: str, reference: str) -> DeliveryResult:
+        if await asyncio.to_thread(is_complete, final, message_id):
+            return DeliveryResult.delivered(reference, reason="already delivered")
+        return DeliveryResult.permanent(
+            "target directory exists without a complete manifest for this message; not overwriting"
+        )
+
+    def _mkdir(self, path: Path) -> None:
+        os.mkdir(path)
+        if self.options.dir_mode is not None:
+            os.chmod(path, self.options.dir_mode)
+
+    def _prepare(self, final: Path, message_id: str) -> Path:
+        """Create missing layout directories, drop stale temporaries of this message, make a new one."""
+        parent = self.options.directory
+        for segment in final.relative_to(parent).parts[:-1]:
+            parent = parent / segment
+            try:
+                self._mkdir(parent)
+            except FileExistsError:
+                continue
+            if self.options.fsync:
+                _fsync_dir(parent.parent)
+        with os.scandir(parent) as entries:
+            stale = [Path(e.path) for e in entries if _is_temp_of(e.name, message_id)]
+        for path in stale:  # left by a crashed attempt; the lease guarantees no live writer
+            shutil.rmtree(path)
+        temp = parent / f"{TEMP_PREFIX}{message_id}~{secrets.token_hex(8)}"
+        self._mkdir(temp)
+        return temp
+
+    def _open_new(self, path: Path) -> BinaryIO:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o666)  # O_EXCL: never clobber, even if names were to collide
+        try:
+            if self.options.file_mode is not None:
+                os.fchmod(fd, self.options.file_mode)
+            return os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _close_file(self, fh: BinaryIO) -> None:
+        try:
+            fh.flush()
+            if self.options.fsync:
+                os.fsync(fh.fileno())
+        finally:
+            fh.close()
+
+    async def _copy(self, blobs: BlobReader, blob: BlobRef, target: Path) -> None:
+        """Stream one blob into ``target``, checking size and SHA-512 on the way."""
+        fh = await asyncio.to_thread(self._open_new, target)
+        complete = False
+        try:
+            hasher = hashlib.sha512()
+            size = 0
+            chunks: AsyncIterator[bytes] = blobs.iter_chunks(blob)
+            try:
+                while True:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except OSError as exc:
+                        raise _BlobReadError(exc) from exc
+                    size += len(chunk)
+                    if size > blob.size:
+                        raise _Permanent(f"part {blob.name}: stored blob is larger than its recorded size")
+                    await asyncio.to_thread(_write_chunk, fh, hasher, chunk)
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if size != blob.size or hasher.hexdigest() != blob.sha512.lower():
+                raise _Permanent(f"part {blob.name}: stored blob does not match its recorded sha512")
+            complete = True
+        finally:
+            # On failure the file is discarded with its directory: close it without letting a
+            # flush error (e.g. ENOSPC again) hide the original cause.
+            await asyncio.to_thread(self._close_file if complete else _close_quietly, fh)
+
+    def _finish(self, temp: Path, final: Path, manifest: bytes) -> bool:
+        """Write the manifest, make it all durable, rename; ``False`` if ``final`` appeared meanwhile."""
+        fh = self._open_new(temp / MANIFEST_NAME)
+        try:
+            fh.write(manifest)
+        finally:
+            self._close_file(fh)
+        if self.options.fsync:
+            _fsync_dir(temp)
+        if os.path.lexists(final):
+            return False
+        try:
+            # On POSIX a directory only replaces an *empty* directory; ours never are.
+            os.rename(temp, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or os.path.lexists(final):
+                return False
+            raise
+        if self.options.fsync:
+            _fsync_dir(final.parent)
+        return True
+
+
+def create(ctx: AdapterContext, options: Mapping[str, Any]) -> Adapter:
+    """The ``AdapterType.create`` hook: validate options (``ConfigError``), prepare the directory."""
+    return FilesystemAdapter(ctx.name, parse_options(ctx, options))
