@@ -443,7 +443,7 @@ def generate_key_set(
     )
     for purpose, kid, private_path, public_path, cert_path in purposes:
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        cn = f"{common_name or 'FIT-Connect destination ' + destination_id} ({purpose}) TEST ONLY"
+        cn = f"{common_name or 'FIT-Connect ' + destination_id} {purpose}"[:64]  # X.520 CN upper bound
         cert = self_signed_certificate(key, common_name=cn, purpose=purpose)
         x5c = [x5c_entry(cert)]
         public = jwk_from_public_key(
