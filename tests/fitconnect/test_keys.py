@@ -355,3 +355,14 @@ def test_cli_refuses(tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixt
     assert args.func(args) == 2
     assert "error" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_example_key_set_is_valid_test_material() -> None:
+    folder = Path(__file__).resolve().parents[2] / "certs" / "example"
+    for purpose in ("encryption", "signing"):
+        public = json.loads((folder / f"{purpose}.public.jwk.json").read_text())
+        validate_public_jwk(public, purpose=purpose, allow_self_signed=True)  # type: ignore[arg-type]
+        assert is_test_key(public)
+        private = load_private_jwk(folder / f"{purpose}.private.jwk.json")
+        assert private.kid == public["kid"]
+        assert private.thumbprint == thumbprint(public)
