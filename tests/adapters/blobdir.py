@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapters.base import AdapterContext
+from gateway.errors import ConfigError
 from gateway.model import BlobRef, Envelope, RoutingKeys, SourceRef, new_message_id
 
 
@@ -127,14 +128,20 @@ def make_envelope(
 
 
 def resolve_secret(base_dir: Path) -> Any:
-    """A minimal stand-in for the host's resolver: ``{ file = "..." }`` or ``{ env = "..." }``."""
+    """A stand-in for the host's resolver: ``{ file = "..." }`` or ``{ env = "..." }``; ``ConfigError``
+    (without a key: the caller knows it) when the secret cannot be read."""
 
     def resolve(options: Mapping[str, Any], key: str) -> str | None:
         ref = options.get(key)
         if ref is None:
             return None
         if "file" in ref:
-            return (base_dir / ref["file"]).read_text(encoding="utf-8").strip()
+            try:
+                return (base_dir / ref["file"]).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read secret file {ref['file']}: {exc.strerror}") from None
+        if ref["env"] not in os.environ:
+            raise ConfigError(f"environment variable {ref['env']} is not set")
         return os.environ[ref["env"]].strip()
 
     return resolve
