@@ -21,7 +21,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -403,12 +403,14 @@ class _BoundedInflater:
         self._limit = limit
         self.produced = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Yield the inflated output in pieces of at most INFLATE_STEP bytes (never all at once)."""
+        if not data:
+            return
+        if self._d.eof:
+            raise JWEFormatError("jwe-inflate", "data after the end of the DEFLATE stream")
         pending = data
-        while pending:
-            if self._d.eof:
-                raise JWEFormatError("jwe-inflate", "data after the end of the DEFLATE stream")
+        while True:
             try:
                 piece = self._d.decompress(pending, INFLATE_STEP)
             except zlib.error:
@@ -417,11 +419,15 @@ class _BoundedInflater:
             if self.produced > self._limit:
                 raise PlaintextTooLarge("plaintext-too-large", f"inflated plaintext exceeds {self._limit} bytes")
             if piece:
-                out.append(piece)
+                yield piece
             pending = self._d.unconsumed_tail
-            if self._d.unused_data:
-                raise JWEFormatError("jwe-inflate", "data after the end of the DEFLATE stream")
-        return out
+            if self._d.eof:
+                if pending or self._d.unused_data:
+                    raise JWEFormatError("jwe-inflate", "data after the end of the DEFLATE stream")
+                return
+            # A full output buffer may leave output pending inside zlib even when all input is consumed.
+            if not pending and len(piece) < INFLATE_STEP:
+                return
 
     def finish(self) -> None:
         if not self._d.eof:
@@ -442,7 +448,7 @@ def decrypt_jwe(
         raise DecryptionError("tag-mismatch", "GCM authentication failed (tampered or corrupted JWE)") from None
     if parts.header.get("zip") == ZIP_DEFLATE:
         inflater = _BoundedInflater(max_plaintext)
-        pieces = inflater.feed(body)
+        pieces = list(inflater.feed(body))  # bounded by max_plaintext
         inflater.finish()
         body = b"".join(pieces)
     return DecryptedJWE(plaintext=body, header=parts.header, kid_used=kid_used)
@@ -583,7 +589,7 @@ class JWEStreamDecryptor:
     def _plaintext(self, body: bytes) -> None:
         if not body:
             return
-        pieces = self._inflater.feed(body) if self._inflater is not None else [body]
+        pieces = self._inflater.feed(body) if self._inflater is not None else iter((body,))
         for piece in pieces:
             self._size += len(piece)
             if self._size > self._max_plaintext:

@@ -9,6 +9,7 @@ import itertools
 import tracemalloc
 import zlib
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from joserfc import jwe as rfc_jwe
 from joserfc.jwk import RSAKey
 
+from gateway.fitconnect import jose
 from gateway.fitconnect.jose import (
     DecryptionError,
     JoseError,
@@ -277,3 +279,31 @@ def test_64mb_stream_round_trip_has_bounded_memory(key_set: KeySet, tmp_path: Pa
     assert encrypt_peak < 16 << 20, encrypt_peak
     assert decrypt_peak < 24 << 20, decrypt_peak
     assert rss_growth < 48 << 20, rss_growth
+
+
+@settings(max_examples=30, deadline=None)
+@given(plaintext=st.binary(max_size=3000).map(lambda b: b * 7), step=st.integers(min_value=1, max_value=64))
+def test_inflate_in_tiny_steps(key_set: KeySet, plaintext: bytes, step: int) -> None:
+    # Small output steps force zlib to keep output pending after all input was consumed.
+    compact = encrypt_jwe(plaintext, key_set.encryption.key.public_key(), kid=None, cty=None, zip_def=True)
+    with mock.patch.object(jose, "INFLATE_STEP", step):
+        assert decrypt_jwe(compact, [key_set.encryption]).plaintext == plaintext
+        assert stream_decrypt(compact.encode(), key_set, [len(compact) // 2])[0] == plaintext
+
+
+def test_highly_compressed_stream_stays_bounded(key_set: KeySet) -> None:
+    size = 48 << 20
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = comp.compress(b"\0" * size) + comp.flush()
+    compact = raw_jwe({**GOOD, "zip": "DEF"}, body, key_set.encryption.key.public_key()).encode()
+    del body
+    sink = HashSink()
+    tracemalloc.start()
+    try:
+        result = feed_and_finish(JWEStreamDecryptor([key_set.encryption], sink, max_plaintext=size), compact)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.size == size
+    assert result.sha512_hex == hashlib.sha512(b"\0" * size).hexdigest()
+    assert peak < 8 << 20, peak
