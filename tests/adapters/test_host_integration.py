@@ -1,0 +1,100 @@
+"""The bundled adapters against the host's real blob store and secret resolver (not the test doubles)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from gateway_filesystem import create as create_filesystem
+from gateway_webhook import create as create_webhook
+
+from adapters.blobdir import make_envelope
+from adapters.webhook_receiver import Receiver
+from gateway.adapters.base import AdapterContext, Delivery, DeliveryOutcome
+from gateway.errors import ConfigError
+from gateway.model import BlobRef, Envelope
+from gateway.secrets import secret_resolver
+from gateway.store.blobs import BlobStore
+
+
+class StoreBackedBlobs:
+    """Adapts ``make_envelope``'s synchronous ``put`` to the real store, so envelopes look alike."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    def put(self, content: bytes, **kwargs: Any) -> BlobRef:
+        with self.store.writer() as writer:
+            writer.write(content)
+            return writer.commit(**kwargs)
+
+    def attachment(self, content: bytes, filename: str | None, media_type: str = "application/pdf") -> BlobRef:
+        attachment_id = hashlib.sha256(content).hexdigest()[:32]
+        return self.put(
+            content,
+            name=f"attachment:{attachment_id}",
+            media_type=media_type,
+            filename=filename,
+            attachment_id=attachment_id,
+        )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    blob_store = BlobStore(tmp_path / "blobs")
+    blob_store.open()
+    return blob_store
+
+
+def context(tmp_path: Path) -> AdapterContext:
+    return AdapterContext("integration", tmp_path, secret_resolver(tmp_path), production=False)
+
+
+def envelope(store: BlobStore) -> Envelope:
+    return make_envelope(StoreBackedBlobs(store), attachments=[(b"%PDF-1.7 plan", "Plan.pdf")])  # type: ignore[arg-type]
+
+
+async def test_filesystem_with_real_blob_store(tmp_path: Path, store: BlobStore) -> None:
+    adapter = create_filesystem(context(tmp_path), {"directory": "out"})
+    message = envelope(store)
+    result = await adapter.deliver(Delivery(message, store, 1, message.id))
+    assert result.outcome is DeliveryOutcome.DELIVERED
+    manifest = json.loads((tmp_path / "out" / message.id / "manifest.json").read_text())
+    assert [f["file"] for f in manifest["files"]] == ["data.json", "Plan.pdf"]
+    assert (tmp_path / "out" / message.id / "Plan.pdf").read_bytes() == b"%PDF-1.7 plan"
+
+
+async def test_webhook_with_real_secret_resolver(
+    tmp_path: Path, store: BlobStore, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    receiver = Receiver()
+    server = await aiohttp_server(receiver.app())
+    (tmp_path / "token").write_text("host-resolved-token\n")
+    options = {"url": str(server.make_url("/inbox")), "format": "multipart", "auth_token": {"file": "token"}}
+    adapter = create_webhook(context(tmp_path), options)
+    try:
+        message = envelope(store)
+        result = await adapter.deliver(Delivery(message, store, 1, message.id))
+    finally:
+        await adapter.close()
+    assert result.outcome is DeliveryOutcome.DELIVERED
+    [request] = receiver.received
+    assert request.headers["Authorization"] == "Bearer host-resolved-token"
+    assert [p.content for p in request.parts[1:]] == [b'{"antrag": {"name": "Erika Mustermann"}}', b"%PDF-1.7 plan"]
+
+
+@pytest.mark.parametrize(
+    ("auth_token", "key"),
+    [({"file": "missing"}, "auth_token"), ({"env": ""}, "auth_token.env"), ({"file": "a", "env": "B"}, "auth_token")],
+)
+def test_webhook_secret_errors_from_the_host_resolver_name_the_key(
+    tmp_path: Path, auth_token: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_webhook(context(tmp_path), {"url": "https://fv.example/in", "auth_token": auth_token})
+    assert info.value.key == key
