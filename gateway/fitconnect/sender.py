@@ -544,7 +544,7 @@ class Sender:
             f"{self._base}/v1/submissions/{submission_id}", json=submit, headers=await self._headers("application/json")
         ) as resp:
             await self._expect("submit-submission", resp, (202, 200))
-        log.info("fitconnect.sender.submitted", submission_id=submission_id, breakage=str(breakage or ""))
+        log.info("fitconnect.sender.submitted", submission_id=submission_id, mode=str(breakage or "none"))
 
         if breakage in SANDBOX_TAMPER_MODES:
             assert breakage is not None
