@@ -2,7 +2,7 @@
 
 A plugin contributes :class:`AdapterType` objects through the ``gateway_adapter_types`` hook; the
 operator declares instances in ``gateway.toml`` (``[adapters.NAME] type = "..."``). At startup every
-instance's options are validated by its type (``create`` raises :class:`gateway.config.ConfigError`);
+instance's options are validated by its type (``create`` raises :class:`gateway.errors.ConfigError`);
 at run time the delivery worker calls :meth:`Adapter.deliver`, at least once per message.
 """
 
@@ -29,14 +29,15 @@ class DeliveryResult:
     outcome: DeliveryOutcome
     reason: str = ""  # short, technical, no personal data: it is logged and audited
     reference: str | None = None  # the Fachverfahren's id for the message, if it gives one
+    retry_after: float | None = None  # TRANSIENT only: the Fachverfahren asked to wait this long (Retry-After)
 
     @classmethod
     def delivered(cls, reference: str | None = None, reason: str = "") -> DeliveryResult:
         return cls(DeliveryOutcome.DELIVERED, reason, reference)
 
     @classmethod
-    def transient(cls, reason: str) -> DeliveryResult:
-        return cls(DeliveryOutcome.TRANSIENT, reason)
+    def transient(cls, reason: str, retry_after: float | None = None) -> DeliveryResult:
+        return cls(DeliveryOutcome.TRANSIENT, reason, retry_after=retry_after)
 
     @classmethod
     def permanent(cls, reason: str) -> DeliveryResult:

@@ -27,11 +27,20 @@ class RetryDecision:
 
 
 def after_transient_failure(
-    policy: RetryPolicy, *, attempts: int, age: float, rng: random.Random | None = None
+    policy: RetryPolicy,
+    *,
+    attempts: int,
+    age: float,
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
 ) -> RetryDecision:
     if attempts >= policy.max_attempts:
         return RetryDecision(False, 0.0, f"retries exhausted ({attempts}/{policy.max_attempts} attempts)")
     delay = backoff_delay(policy, attempts, rng)
+    if retry_after is not None and retry_after > delay:
+        # The Fachverfahren told us when it can take the message again (429/503 Retry-After);
+        # honour it, but never beyond the policy's longest delay.
+        delay = min(retry_after, policy.max_delay)
     if age + delay > policy.max_age:
         return RetryDecision(False, 0.0, f"maximum age {policy.max_age:.0f}s exceeded")
     return RetryDecision(True, delay, "")

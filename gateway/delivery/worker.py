@@ -214,7 +214,7 @@ class DeliveryWorker:
         policy = self.retry.get(route.retry if route else "default") or self.retry["default"]
         if result.outcome is DeliveryOutcome.TRANSIENT:
             age = now - (stored.queued_at or env.received_at.timestamp())
-            decision = after_transient_failure(policy, attempts=env.attempts, age=age)
+            decision = after_transient_failure(policy, attempts=env.attempts, age=age, retry_after=result.retry_after)
             if decision.retry:
                 await self.store.transition(
                     env.id,

@@ -66,7 +66,7 @@ def classify(status: int, retry_after: str | None, reference: str | None) -> Del
     seconds = retry_after_seconds(retry_after)
     hint = f" (Retry-After: {seconds} s)" if seconds is not None else ""
     if status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS) or status >= 500:
-        return DeliveryResult.transient(text + hint)
+        return DeliveryResult.transient(text + hint, retry_after=float(seconds) if seconds is not None else None)
     if 300 <= status < 400:
         return DeliveryResult.permanent(f"{text} (redirects are not followed; configure the final url)")
     return DeliveryResult.permanent(text)

@@ -14,11 +14,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from gateway_filesystem import create
-
 from adapters.blobdir import BlobDir, make_context, make_envelope
 from gateway.adapters.base import Delivery
 from gateway.model import BlobRef, Envelope
+from gateway_filesystem import create
 
 BIG = bytes(range(256)) * 800  # 200 KiB, 200 chunks of 1 KiB
 CRASH_AFTER_CHUNKS = 50

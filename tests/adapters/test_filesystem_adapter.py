@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_filesystem import FilesystemAdapter, create
-from gateway_filesystem.adapter import TEMP_PREFIX
 
 from adapters.blobdir import BlobDir, FailingBlobDir, corrupt, make_context, make_envelope
 from gateway.adapters.base import Adapter, Delivery, DeliveryOutcome
 from gateway.model import Envelope
+from gateway_filesystem import FilesystemAdapter, create
+from gateway_filesystem.adapter import TEMP_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 40

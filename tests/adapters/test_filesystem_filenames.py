@@ -4,6 +4,9 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway_filesystem.filenames import (
     MAX_NAME_BYTES,
     NameAllocator,
@@ -11,8 +14,6 @@ from gateway_filesystem.filenames import (
     extension_for,
     sanitize_filename,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NASTY = [
     ("../../etc/passwd", "passwd"),

@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_filesystem import FilesystemAdapter, create
-from gateway_filesystem.layout import Layout
 
 from adapters.blobdir import make_context
 from gateway.errors import ConfigError
+from gateway_filesystem import FilesystemAdapter, create
+from gateway_filesystem.layout import Layout
 
 
 @pytest.mark.parametrize(

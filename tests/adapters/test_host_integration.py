@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from gateway_filesystem import create as create_filesystem
-from gateway_webhook import create as create_webhook
 
 from adapters.blobdir import make_envelope
 from adapters.webhook_receiver import Receiver
@@ -20,6 +18,8 @@ from gateway.errors import ConfigError
 from gateway.model import BlobRef, Envelope
 from gateway.secrets import secret_resolver
 from gateway.store.blobs import BlobStore
+from gateway_filesystem import create as create_filesystem
+from gateway_webhook import create as create_webhook
 
 
 class StoreBackedBlobs:

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from gateway_webhook import WebhookAdapter, create
 
 from adapters.blobdir import BlobDir, FailingBlobDir, corrupt, make_context, make_envelope
 from adapters.pki import make_pki
 from adapters.webhook_receiver import Receiver
 from gateway.adapters.base import Adapter, Delivery, DeliveryOutcome, DeliveryResult
 from gateway.model import Envelope
+from gateway_webhook import WebhookAdapter, create
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOKEN = "s3cr3t-T0ken.with_chars~+/="
@@ -250,7 +250,9 @@ async def test_status_mapping(
     # The server's own reason phrase is free text too: it must not reach the reason either.
     receiver.respond = respond(status, body=body, headers=headers, reason="Erika Mustermann abgelehnt")
     result = await deliver(make_adapter(), make_envelope(blobs), blobs)
-    assert result == DeliveryResult(outcome, reason, reference)
+    assert (result.outcome, result.reason, result.reference) == (outcome, reason, reference)
+    # Retry-After reaches the worker as a number, so the retry waits at least that long.
+    assert (result.retry_after is not None) == ("(Retry-After:" in reason)
     assert "Mustermann" not in result.reason
     assert len(receiver.received) == 1
 

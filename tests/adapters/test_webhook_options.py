@@ -4,11 +4,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_webhook import WebhookAdapter, create
 
 from adapters.blobdir import make_context
 from adapters.pki import make_pki
 from gateway.errors import ConfigError
+from gateway_webhook import WebhookAdapter, create
 
 URL = "https://fachverfahren.example/inbox"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from gateway_webhook.status import reference_from, retry_after_seconds, status_text
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
@@ -47,3 +48,12 @@ def test_reference(body: bytes | None, content_type: str, location: str | None, 
 def test_status_text_uses_standard_phrases_only() -> None:
     assert status_text(418) == "HTTP 418 I'm a Teapot"
     assert status_text(299) == "HTTP 299"
+
+
+def test_classify_passes_retry_after_as_number() -> None:
+    from gateway_webhook.status import classify
+
+    result = classify(429, "120", None)
+    assert result.retry_after == 120.0
+    assert classify(503, None, None).retry_after is None
+    assert classify(200, "120", None).retry_after is None
