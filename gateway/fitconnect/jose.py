@@ -376,7 +376,8 @@ def _candidate_keys(header: dict[str, Any], keys: Sequence[PrivateKeyEntry]) -> 
     """Keys named by ``kid`` (kid or thumbprint) first, then every other key (rollover, legacy kids)."""
     kid = header.get("kid")
     named = [k for k in keys if kid is not None and kid in (k.kid, k.thumbprint)]
-    return named + [k for k in keys if k not in named]
+    named_ids = {id(k) for k in named}  # identity, not dataclass equality (keys need not compare)
+    return named + [k for k in keys if id(k) not in named_ids]
 
 
 def _unwrap_cek(header: dict[str, Any], encrypted_key: bytes, keys: Sequence[PrivateKeyEntry]) -> tuple[bytes, str]:
