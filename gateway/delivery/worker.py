@@ -71,6 +71,8 @@ class DeliveryWorker:
         self.clock = clock
         self._wake = asyncio.Event()
         self._stopping = False
+        self._running = False
+        self._loop_exited = asyncio.Event()
         self._in_flight: dict[str, set[asyncio.Task[None]]] = {name: set() for name in adapters}
 
     def wake(self) -> None:
@@ -82,11 +84,20 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         log.info("delivery_worker_started", worker=self.owner, adapters=sorted(self.adapters))
+        self._running = True
+        self._loop_exited.clear()
+        try:
+            await self._loop()
+        finally:
+            self._running = False
+            self._loop_exited.set()
+
+    async def _loop(self) -> None:
         while not self._stopping:
             claimed_any = False
             for name, slot in self.adapters.items():
                 free = slot.concurrency - len(self._in_flight[name])
-                if free <= 0:
+                if free <= 0 or self._stopping:
                     continue
                 try:
                     batch = await self.store.claim_deliveries(
@@ -101,7 +112,7 @@ class DeliveryWorker:
                     self._in_flight[name].add(task)
                     task.add_done_callback(self._in_flight[name].discard)
                     task.add_done_callback(lambda _t: self._wake.set())
-            if not claimed_any:
+            if not claimed_any and not self._stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
@@ -110,9 +121,16 @@ class DeliveryWorker:
         """Stop claiming; let in-flight deliveries finish within ``grace``; release the rest."""
         self._stopping = True
         self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._running:
+            # The loop may be inside a claim right now: what it claims starts as in-flight deliveries
+            # and must get the grace period too, so wait for the loop to end before looking.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loop_exited.wait(), timeout=grace)
         tasks = [t for group in self._in_flight.values() for t in group]
         if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            _done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
             for task in pending:
                 task.cancel()
             if pending:
