@@ -37,7 +37,18 @@ log = structlog.get_logger(__name__)
 def open_store(config: GatewayConfig) -> Store:
     if config.store.backend == "sqlite":
         return SQLiteStore(config.path(config.store.path))
-    raise ConfigError("the PostgreSQL backend is not part of this release yet", key="store.backend")
+    from gateway.store.postgres import PostgresStore  # psycopg is only imported when it is used
+
+    if config.store.dsn is None:  # parse_config already refuses this; keep the message if built by hand
+        raise ConfigError("is required for backend 'postgresql'", key="store.dsn", file=str(config.file))
+    try:
+        return PostgresStore(config.store.dsn.resolve())
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, key="store.dsn", file=str(config.file)) from None
+    except ValueError as exc:  # the message never contains the DSN (it may hold a password)
+        raise ConfigError(
+            f"from {config.store.dsn.describe()}: {exc}", key="store.dsn", file=str(config.file)
+        ) from None
 
 
 @dataclass

@@ -142,6 +142,9 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise if the store cannot serve (readiness)."""
 
+    async def schema_version(self) -> int:
+        """The highest applied schema migration (``open`` applies pending ones)."""
+
     async def insert(
         self, envelope: Envelope, *, actor: str, reason: str = "received", problems: Sequence[Problem] = ()
     ) -> tuple[StoredMessage, bool]:

@@ -1,0 +1,1 @@
+"""Versioned schema migrations for the store backends that keep them outside their module."""

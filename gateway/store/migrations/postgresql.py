@@ -1,0 +1,156 @@
+"""PostgreSQL schema migrations: versioned, append-only list, applied on open and by ``gateway db upgrade``.
+
+Same layout as the SQLite schema (:mod:`gateway.store.sqlite`), with these deliberate choices:
+
+* times are ``double precision`` unix seconds, like SQLite's REAL: the audit hash covers
+  ``repr(float(at))``, so the stored value must round-trip bit-exactly (``timestamptz`` keeps
+  microseconds only);
+* JSON columns are ``text`` holding the canonical JSON the store wrote (sorted keys, compact), not
+  ``jsonb``: jsonb re-normalises numbers (``1e300`` comes back as an integer) and rejects ``\\u0000``,
+  which would change audit hashes and make input that SQLite accepts fail only on PostgreSQL;
+* ``id`` uses the "C" collation so ``ORDER BY received_at, id`` is byte order, as in SQLite,
+  whatever the database's locale;
+* ``audit_head`` is a one-row table holding the chain's last ``(seq, hash)``. Every transaction that
+  appends audit records locks it (``FOR UPDATE``) as its last step, which serialises the global hash
+  chain across all gateway instances; it also lets verification notice a cut-off tail;
+* triggers refuse UPDATE/DELETE/TRUNCATE on ``audit`` and any backwards move of ``audit_head``.
+
+Migrations run inside one transaction holding ``pg_advisory_xact_lock(MIGRATION_LOCK)``, so two
+instances starting at once apply each version exactly once (the second waits, then finds it done).
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, LiteralString
+
+import structlog
+from psycopg import AsyncConnection
+
+log = structlog.get_logger(__name__)
+
+# An arbitrary constant (ASCII "gatewaym"), the same in every gateway version.
+MIGRATION_LOCK = 0x67617465_7761796D
+
+MIGRATIONS: tuple[LiteralString, ...] = (
+    """
+    CREATE TABLE messages (
+        id text COLLATE "C" PRIMARY KEY,
+        channel text NOT NULL,
+        source_type text NOT NULL,
+        reference text NOT NULL,
+        idempotency_key text NOT NULL,
+        case_ref text,
+        received_at double precision NOT NULL,
+        routing text NOT NULL,
+        metadata text NOT NULL,
+        data text,
+        attachments text NOT NULL,
+        state text NOT NULL CHECK (state IN
+            ('received', 'validated', 'routed', 'failed', 'delivered', 'acknowledged', 'rejected', 'dead')),
+        ack text NOT NULL CHECK (ack IN ('none', 'waiting', 'pending', 'done')),
+        route text,
+        adapter text,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision,
+        queued_at double precision,
+        lease_owner text,
+        lease_until double precision,
+        last_error text,
+        problems text NOT NULL DEFAULT '[]',
+        ack_attempts integer NOT NULL DEFAULT 0,
+        ack_next_at double precision,
+        ack_lease_owner text,
+        ack_lease_until double precision,
+        updated_at double precision NOT NULL,
+        UNIQUE (channel, idempotency_key)
+    );
+    CREATE INDEX messages_due ON messages (adapter, state, next_attempt_at);
+    CREATE INDEX messages_ack_due ON messages (ack_next_at) WHERE ack = 'pending';
+    CREATE INDEX messages_state ON messages (state, updated_at);
+    CREATE INDEX messages_order ON messages (received_at, id);
+    CREATE INDEX messages_lease_owner ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
+    CREATE INDEX messages_ack_lease_owner ON messages (ack_lease_owner) WHERE ack_lease_owner IS NOT NULL;
+
+    CREATE TABLE audit (
+        seq bigint PRIMARY KEY CHECK (seq > 0),
+        message_id text NOT NULL,
+        at double precision NOT NULL,
+        event text NOT NULL,
+        from_state text,
+        to_state text,
+        reason text NOT NULL,
+        actor text NOT NULL,
+        details text NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL
+    );
+    CREATE INDEX audit_message ON audit (message_id, seq);
+
+    CREATE TABLE audit_head (
+        id boolean PRIMARY KEY DEFAULT true CHECK (id),
+        seq bigint NOT NULL,
+        hash text NOT NULL
+    );
+    INSERT INTO audit_head (id, seq, hash) VALUES (true, 0, repeat('0', 64));
+
+    -- The audit trail is append-only: the database itself refuses edits (triggers fire for
+    -- superusers too; only disabling them, which needs table ownership, gets past this).
+    CREATE FUNCTION gateway_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'audit is append-only (% refused)', TG_OP USING ERRCODE = 'restrict_violation';
+    END
+    $$;
+    CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION gateway_audit_append_only();
+    CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+        FOR EACH STATEMENT EXECUTE FUNCTION gateway_audit_append_only();
+
+    CREATE FUNCTION gateway_audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'UPDATE' OR NEW.seq < OLD.seq THEN
+            RAISE EXCEPTION 'audit_head only moves forward (% refused)', TG_OP USING ERRCODE = 'restrict_violation';
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER audit_head_forward_only BEFORE UPDATE OR DELETE ON audit_head
+        FOR EACH ROW EXECUTE FUNCTION gateway_audit_head_forward_only();
+    CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
+        FOR EACH STATEMENT EXECUTE FUNCTION gateway_audit_append_only();
+    """,
+)
+
+
+async def migrate(conn: AsyncConnection[Any]) -> int:
+    """Apply pending migrations in one transaction under the migration lock; returns the schema version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+        )
+        cur = await conn.execute("SELECT version FROM schema_migrations")
+        done = {int(_first(row)) for row in await cur.fetchall()}
+        applied = []
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            # No parameters: psycopg sends the script with the simple query protocol, which
+            # allows several statements (and $$-quoted function bodies) in one string.
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)", (version, time.time())
+            )
+            applied.append(version)
+        current = max(done | set(applied), default=0)
+    if applied:
+        log.info("schema_migrated", backend="postgresql", applied=applied, version=current)
+    if current > len(MIGRATIONS):
+        log.warning("schema_newer_than_gateway", backend="postgresql", version=current, known=len(MIGRATIONS))
+    return current
+
+
+def _first(row: Any) -> Any:
+    return row["version"] if isinstance(row, dict) else row[0]
