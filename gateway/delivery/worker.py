@@ -156,7 +156,14 @@ class DeliveryWorker:
     async def _renew(self, message_id: str) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            await self.store.renew_lease(message_id, owner=self.owner, until=self.clock() + self.lease_seconds)
+            try:
+                await self.store.renew_lease(message_id, owner=self.owner, until=self.clock() + self.lease_seconds)
+            except LeaseLost:
+                log.warning("lease_lost", reason="lease expired during the delivery; its result will be dropped")
+                return
+            except Exception:
+                # E.g. a busy database: the lease is still valid for a while, so keep trying.
+                log.exception("lease_renewal_failed")
 
     async def _deliver(self, adapter: Adapter, stored: StoredMessage) -> None:
         env = stored.envelope
