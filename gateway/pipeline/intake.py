@@ -183,18 +183,18 @@ class Intake:
         """Continue messages left in RECEIVED/VALIDATED (a crash between steps); returns how many."""
         count = 0
         cutoff = self.clock() - older_than
+        stalled = (MessageState.RECEIVED, MessageState.VALIDATED)
         offset = 0
         while True:
-            batch = await self.store.list_messages(
-                states=[MessageState.RECEIVED, MessageState.VALIDATED], limit=200, offset=offset
-            )
+            batch = await self.store.list_messages(states=list(stalled), limit=200, offset=offset)
             if not batch:
                 break
-            offset += len(batch)
             for stored in batch:
                 if stored.updated_at <= cutoff:
-                    await self.process(stored)
+                    stored = await self.process(stored)
                     count += 1
+                if stored.envelope.state in stalled:
+                    offset += 1  # still in the listed states: page past it (processed ones leave the list)
         if count:
             log.info("pipeline_resumed", count=count)
         return count
