@@ -180,7 +180,8 @@ class Intake:
         return result
 
     async def resume(self, *, older_than: float = 30.0) -> int:
-        """Continue messages left in RECEIVED/VALIDATED (a crash between steps); returns how many."""
+        """Continue messages left in RECEIVED/VALIDATED (a crash between steps), and finish deliveries
+        whose "acknowledged" step was lost; returns how many."""
         count = 0
         cutoff = self.clock() - older_than
         stalled = (MessageState.RECEIVED, MessageState.VALIDATED)
@@ -195,8 +196,36 @@ class Intake:
                     count += 1
                 if stored.envelope.state in stalled:
                     offset += 1  # still in the listed states: page past it (processed ones leave the list)
+        count += await self._finish_delivered(cutoff)
         if count:
             log.info("pipeline_resumed", count=count)
+        return count
+
+    async def _finish_delivered(self, cutoff: float) -> int:
+        """DELIVERED with no upstream acknowledgement outstanding becomes ACKNOWLEDGED in a second
+        commit after the delivery; a crash in between would leave it DELIVERED forever."""
+        count = 0
+        offset = 0
+        while True:
+            batch = await self.store.list_messages(states=[MessageState.DELIVERED], limit=200, offset=offset)
+            if not batch:
+                break
+            for stored in batch:
+                env = stored.envelope
+                if stored.updated_at > cutoff or env.ack not in (AckState.NONE, AckState.DONE):
+                    offset += 1  # not ours (yet): the worker or the ack worker finishes it
+                    continue
+                try:
+                    done = await self.store.transition(
+                        env.id,
+                        MessageState.ACKNOWLEDGED,
+                        reason="no upstream acknowledgement outstanding",
+                        actor="pipeline",
+                    )
+                except InvalidTransition:
+                    continue  # finished meanwhile
+                count += 1
+                await self.plugins.message_transition(done.envelope, MessageState.DELIVERED.value, "acknowledged")
         return count
 
     async def resume_loop(self, interval: float = 30.0) -> None:
