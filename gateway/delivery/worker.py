@@ -241,7 +241,7 @@ class DeliveryWorker:
             age = now - (stored.queued_at or env.received_at.timestamp())
             decision = after_transient_failure(policy, attempts=env.attempts, age=age, retry_after=result.retry_after)
             if decision.retry:
-                await self.store.transition(
+                failed = await self.store.transition(
                     env.id,
                     MessageState.FAILED,
                     reason=result.reason,
@@ -252,6 +252,7 @@ class DeliveryWorker:
                     details={"retry_in_s": round(decision.delay, 3)},
                 )
                 log.info("delivery_retry_scheduled", next_attempt_in_s=round(decision.delay, 3))
+                await self.plugins.message_transition(failed.envelope, env.state.value, result.reason)
                 return
             reason = f"{result.reason}; {decision.reason}"
         else:
