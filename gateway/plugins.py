@@ -37,7 +37,7 @@ T = TypeVar("T")
 ENTRY_POINT_GROUP = "gateway"
 
 # Modules registered on every start, through the same hooks as third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.builtin_plugins",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.builtin_plugins", "gateway.fitconnect.subscriber.plugin")
 
 
 async def resolve(value: T | Awaitable[T]) -> T:

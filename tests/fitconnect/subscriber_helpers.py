@@ -1,0 +1,293 @@
+"""End-to-end harness for the FIT-Connect subscriber: a real sandbox Zustelldienst, a real gateway.
+
+The gateway is built with :func:`gateway.runtime.build_runtime` from a ``gateway.toml`` written into
+the test's tmp dir (SQLite store, filesystem adapter) and served with :func:`gateway.http.app.create_app`
+on a loopback port (callbacks need it). Senders are :class:`gateway.fitconnect.sender.Sender`.
+
+RSA-4096 keys are generated once per test process (module-level caches), not per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import json
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import load_config
+from gateway.fitconnect.keys import KeySetPaths, generate_key_set
+from gateway.fitconnect.sender import Breakage, OutgoingAttachment, Sender, SenderQuirks, SentSubmission
+from gateway.fitconnect.sets import EVENT_PREFIX
+from gateway.http.app import create_app
+from gateway.model import MessageState
+from gateway.runtime import Runtime, build_runtime
+from gateway.store.base import StoredMessage
+from gateway.testing import (
+    BAU_SCHEMA,
+    BAU_SERVICE,
+    GEWERBE_SCHEMA,
+    GEWERBE_SERVICE,
+    DecodedEvent,
+    RunningSandbox,
+    SandboxKeys,
+    generate_sandbox_keys,
+    running_sandbox,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_SCHEMAS = REPO / "schemas" / "demo"
+GEWERBE_DATA = (DEMO_SCHEMAS / "examples" / "gewerbeanmeldung.json").read_bytes()
+BAU_DATA = (DEMO_SCHEMAS / "examples" / "bauantrag.xml").read_bytes()
+PDF = b"%PDF-1.4\n% demo attachment\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
+ACCEPT = EVENT_PREFIX + "accept-submission"
+REJECT = EVENT_PREFIX + "reject-submission"
+PROBLEM = "https://schema.fitko.de/fit-connect/events/problems/"
+
+__all__ = [
+    "ACCEPT",
+    "BAU_DATA",
+    "BAU_SCHEMA",
+    "BAU_SERVICE",
+    "GEWERBE_DATA",
+    "GEWERBE_SCHEMA",
+    "GEWERBE_SERVICE",
+    "PDF",
+    "PROBLEM",
+    "REJECT",
+    "Breakage",
+    "Gateway",
+    "OutgoingAttachment",
+    "SenderQuirks",
+    "e2e",
+]
+
+
+def _tempdir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def sandbox_keys() -> SandboxKeys:
+    """The sandbox destination's keys (+ the Zustelldienst's), generated once per test process."""
+    return generate_sandbox_keys(_tempdir("fc-sandbox-keys-"))
+
+
+@functools.lru_cache(maxsize=1)
+def rollover_keys() -> KeySetPaths:
+    """A second encryption (and signing) key pair for the destination: key rollover tests."""
+    return generate_key_set("rollover", _tempdir("fc-rollover-keys-"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(type(value))
+
+
+@dataclass
+class Gateway:
+    """A gateway configuration in ``tmp`` talking to ``sandbox``; start/stop as often as needed."""
+
+    sandbox: RunningSandbox
+    tmp: Path
+    metadata_dir: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    routes: str = '[[routes]]\nname = "all"\nadapter = "fs"\n'
+    runtime: Runtime | None = None
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def name(self) -> str:
+        return "fc"
+
+    def source_options(self) -> dict[str, Any]:
+        keys = self.sandbox.keys
+        assert keys is not None
+        secret = self.tmp / "client.secret"
+        secret.write_text(self.sandbox.subscriber.client_secret)
+        opts: dict[str, Any] = {
+            "type": "fitconnect",
+            "submission_api_url": self.sandbox.base_url,
+            "token_url": self.sandbox.token_url,
+            "client_id": self.sandbox.subscriber.client_id,
+            "client_secret": {"file": str(secret)},
+            "destination_id": self.sandbox.destination_id,
+            "decryption_keys": [str(keys.encryption_private)],
+            "signing_key": str(keys.signing_private),
+            "allow_self_signed": True,
+            "metadata_schema_dirs": [str(self.metadata_dir)],
+            "data_schema_dirs": [str(DEMO_SCHEMAS)],
+            "poll_interval": 0.1,
+        }
+        opts.update(self.options)
+        return {k: v for k, v in opts.items() if v is not None}
+
+    def write_config(self) -> Path:
+        (self.tmp / "out").mkdir(exist_ok=True)
+        lines = [
+            "[gateway]",
+            'mode = "test"',
+            "[store]",
+            'path = "var/gateway.db"',
+            'blob_dir = "var/blobs"',
+            "[http]",
+            'host = "127.0.0.1"',
+            f"port = {self.port}",
+            "[delivery]",
+            "poll_interval = 0.05",
+            "lease_seconds = 30",
+            "shutdown_grace = 2",
+            "[adapters.fs]",
+            'type = "filesystem"',
+            'directory = "out"',
+            f"[sources.{self.name}]",
+        ]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in self.source_options().items()]
+        path = self.tmp / "gateway.toml"
+        path.write_text("\n".join(lines) + "\n" + self.routes)
+        return path
+
+    async def start(self, *, before_start: Callable[[Runtime], None] | None = None) -> Runtime:
+        assert self.runtime is None
+        if not self.port:
+            self.port = free_port()
+        runtime = build_runtime(load_config(self.write_config()))
+        if before_start is not None:
+            before_start(runtime)
+        app = create_app(runtime)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.runtime = runtime
+        return runtime
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = None
+        self.runtime = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def source(self) -> Any:
+        assert self.runtime is not None
+        return self.runtime.sources[self.name]
+
+    async def stored(self, submission_id: str) -> StoredMessage | None:
+        assert self.runtime is not None
+        return await self.runtime.store.find_by_source(self.name, submission_id)
+
+    async def wait_stored(
+        self, submission_id: str, states: Sequence[MessageState] | None = None, within: float = 20.0
+    ) -> StoredMessage:
+        deadline = time.monotonic() + within
+        while True:
+            found = await self.stored(submission_id)
+            if found is not None and (states is None or found.envelope.state in states):
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"submission not stored in {states}: {found and found.envelope.state}")
+            await asyncio.sleep(0.02)
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    def sender(self) -> Sender:
+        creds = self.sandbox.sender
+        return Sender(self.sandbox.base_url, self.sandbox.token_url, creds.client_id, creds.client_secret)
+
+    async def send(
+        self,
+        *,
+        service: str = GEWERBE_SERVICE,
+        data: bytes | None = GEWERBE_DATA,
+        schema: str | None = None,
+        mime: str | None = None,
+        attachments: Sequence[OutgoingAttachment] = (),
+        version: str = "1.0.0",
+        quirks: SenderQuirks = SenderQuirks(),
+        breakage: Breakage | None = None,
+    ) -> SentSubmission:
+        if schema is None:
+            schema = BAU_SCHEMA if service == BAU_SERVICE else GEWERBE_SCHEMA
+        if mime is None:
+            mime = "application/xml" if service == BAU_SERVICE else "application/json"
+        async with self.sender() as sender:
+            return await sender.send(
+                destination_id=self.sandbox.destination_id,
+                service_identifier=service,
+                service_name="Demo",
+                data=data,
+                data_schema_uri=schema if data is not None else None,
+                data_mime_type=mime if data is not None else None,
+                attachments=attachments,
+                metadata_version=version,
+                quirks=quirks,
+                breakage=breakage,
+            )
+
+    # -- outcomes --------------------------------------------------------------------------------------
+
+    async def outcome(self, sent: SentSubmission, within: float = 30.0) -> DecodedEvent:
+        """The one accept-/reject-submission SET the sandbox recorded for ``sent`` (waits for it)."""
+        deadline = time.monotonic() + within
+        while True:
+            found = [
+                e
+                for e in self.sandbox.events(sent.case_id)
+                if e.event in (ACCEPT, REJECT) and e.claims["sub"] == f"submission:{sent.submission_id}"
+            ]
+            if found:
+                assert len(found) == 1, [e.event_name for e in found]
+                return found[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no outcome for {sent.submission_id}: {self.sandbox.events(sent.case_id)}")
+            await asyncio.sleep(0.02)
+
+    async def rejected_with(self, sent: SentSubmission) -> list[tuple[str, str | None]]:
+        event = await self.outcome(sent)
+        assert event.event == REJECT, f"expected a reject, got {event.event_name}"
+        return [(p["type"].removeprefix(PROBLEM), p.get("instance")) for p in event.payload["problems"]]
+
+
+@asynccontextmanager
+async def e2e(tmp_path: Path, metadata_dir: Path, **options: Any) -> AsyncIterator[Gateway]:
+    """A sandbox plus a started gateway whose ``fitconnect`` source has ``options`` (None removes one)."""
+    async with running_sandbox(keys=sandbox_keys()) as sandbox:
+        gateway = Gateway(sandbox, tmp_path, metadata_dir, dict(options))
+        await gateway.start()
+        try:
+            yield gateway
+        finally:
+            await gateway.stop()
