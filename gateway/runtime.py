@@ -173,7 +173,9 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         poll_interval=config.delivery.poll_interval,
         owner=f"{config.gateway.instance_id or 'gw'}-{int(time.time() * 1000) % 100000:05d}",
     )
-    acker = AckWorker(store=store, sources=sources, metrics=metrics, lease_seconds=config.delivery.lease_seconds)
+    acker = AckWorker(
+        store=store, sources=sources, metrics=metrics, lease_seconds=config.delivery.lease_seconds, plugins=plugins
+    )
     worker.on_ack_due = acker.wake
     intake = Intake(
         store=store,

@@ -11,6 +11,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -18,6 +19,9 @@ from gateway.metrics import Metrics
 from gateway.model import MessageState
 from gateway.sources.base import AckOutcome, Source
 from gateway.store.base import LeaseLost, Store, StoredMessage
+
+if TYPE_CHECKING:
+    from gateway.plugins import PluginHost
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +40,10 @@ class AckWorker:
         poll_interval: float = 1.0,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        plugins: PluginHost | None = None,
     ) -> None:
         self.store = store
+        self.plugins = plugins  # for gateway_message_transition (delivered -> acknowledged)
         self.sources = sources
         self.metrics = metrics
         self.lease_seconds = lease_seconds
@@ -85,7 +91,7 @@ class AckWorker:
                     done, reason = False, f"acknowledge raised {type(exc).__name__}"
             delay = min(ACK_RETRY_MAX, ACK_RETRY_INITIAL * 2 ** max(stored.ack_attempts - 1, 0))
             try:
-                await self.store.complete_ack(
+                after = await self.store.complete_ack(
                     env.id,
                     owner=self.owner,
                     done=done,
@@ -97,4 +103,6 @@ class AckWorker:
                 log.warning("ack_lease_lost")
                 return
             self.metrics.acks.labels(channel, "done" if done else "retry").inc()
+            if self.plugins is not None and after.envelope.state is not env.state:
+                await self.plugins.message_transition(after.envelope, env.state.value, "acknowledged upstream")
             log.info("ack_attempt", reason=reason, ack="done" if done else "retry")
