@@ -286,30 +286,41 @@ class PostgresStore:
     async def _write(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
         pool = self._require_pool()
         for attempt in range(1, _TX_RETRIES + 1):
+            began = False
             async with pool.connection() as conn:
                 try:
                     async with conn.transaction():
+                        began = True
                         tx = _Tx(conn)
                         result = await fn(tx)
                         await tx.flush_audit()
                     return result
                 except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                    # Raised before COMMIT: the transaction was rolled back, so running it again is safe.
                     if attempt == _TX_RETRIES:
                         raise
                     log.warning("store_tx_retry", error=type(exc).__name__, attempt=attempt)
                     await asyncio.sleep(0.01 * attempt)
+                except psycopg.OperationalError:
+                    # A pooled connection the server has dropped (restart, idle timeout) fails on
+                    # BEGIN, before anything of ours was sent: retry on a fresh one. A failure after
+                    # BEGIN may have been a COMMIT whose answer was lost, so it is never retried.
+                    if began or not conn.broken or attempt == _TX_RETRIES:
+                        raise
+                    log.warning("store_reconnect", attempt=attempt)
         raise AssertionError("unreachable")
 
     async def _read(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
-        """A read-only statement; retried once on a fresh connection if a pooled one had gone stale."""
+        """A read-only statement (autocommit); retried on a fresh connection if a pooled one had gone stale."""
         pool = self._require_pool()
-        for attempt in (1, 2):
+        for attempt in range(1, _TX_RETRIES + 1):
             async with pool.connection() as conn:
                 try:
                     return await fn(_Tx(conn))
                 except psycopg.OperationalError:
-                    if attempt == 2 or not conn.broken:
+                    if attempt == _TX_RETRIES or not conn.broken:
                         raise
+                    log.warning("store_reconnect", attempt=attempt)
         raise AssertionError("unreachable")
 
     async def open(self) -> None:
@@ -357,10 +368,12 @@ class PostgresStore:
     async def verify_audit(self) -> AuditVerification:
         """Check the whole chain in batches, inside one snapshot (so concurrent appends do not matter),
         and that ``audit_head`` points at the last record (a cut-off tail would otherwise verify)."""
-        pool = self._require_pool()
-        async with pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            tx = _Tx(conn)
+        return await self._read(self._verify)
+
+    @staticmethod
+    async def _verify(tx: _Tx) -> AuditVerification:
+        async with tx.conn.transaction():
+            await tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             checked = 0
             prev_hash, last_seq = GENESIS_HASH, 0
             while True:

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from gateway.model import BlobRef, Envelope, MessageState, RoutingKeys, SourceRef, new_message_id
+from gateway.model import AckState, BlobRef, Envelope, MessageState, RoutingKeys, SourceRef, new_message_id
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
@@ -42,6 +42,7 @@ def make_envelope(
     received_at: float = T0,
     metadata: dict[str, Any] | None = None,
     with_blobs: bool = False,
+    ack: AckState = AckState.NONE,
 ) -> Envelope:
     key = key or new_message_id()
     data = attachments = None
@@ -56,6 +57,7 @@ def make_envelope(
         metadata=metadata if metadata is not None else {"note": "Grüße", "n": 1.5},
         data=data,
         attachments=attachments or (),
+        ack=ack,
     )
 
 

@@ -1,0 +1,212 @@
+"""What only the PostgreSQL backend has: several instances on one database, server settings, config."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.model import MessageState
+from gateway.runtime import open_store
+from gateway.store.migrations.postgresql import MIGRATIONS
+from gateway.store.postgres import PostgresStore, StoreNotOpen
+
+from .pg import SUPERUSER, PgCluster
+from .support import FakeClock, make_envelope, routed_message
+
+pytestmark = pytest.mark.postgres
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def admin_dsn(cluster: PgCluster, dsn: str) -> str:
+    return cluster.dsn(dsn.rsplit("dbname=", 1)[1].split()[0], SUPERUSER)
+
+
+async def test_sessions_commit_durably_even_if_the_server_default_is_off(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:  # the test cluster runs with synchronous_commit = off
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        row = await store._read(lambda tx: tx.one("SHOW synchronous_commit"))
+        assert row == {"synchronous_commit": "on"}
+    finally:
+        await store.close()
+
+
+async def test_concurrent_open_applies_each_migration_once(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    stores = [PostgresStore(pg_dsn) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert [await s.schema_version() for s in stores] == [len(MIGRATIONS)] * 4
+        with psycopg.connect(pg_dsn) as conn:
+            assert conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version").fetchall() == [
+                (1, 1)
+            ]
+        assert await stores[0].upgrade() == len(MIGRATIONS)  # nothing pending: a no-op
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_instances_share_one_unforked_audit_chain(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """Three instances appending concurrently: seq is contiguous, every prev_hash links, head matches."""
+    clock = FakeClock()
+    stores = [PostgresStore(pg_dsn, clock=clock, pool_size=3) for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+
+        async def work(store: PostgresStore, n: int) -> None:
+            for _ in range(n):
+                stored, _ = await store.insert(make_envelope(), actor="t")
+                await store.transition(stored.envelope.id, MessageState.VALIDATED, reason="ok", actor="t")
+                await store.note(stored.envelope.id, event="operator", reason="n", actor="t")
+
+        await asyncio.gather(*(work(s, 10) for s in stores for _ in range(3)))
+        result = await stores[1].verify_audit()
+        assert result.ok, result
+        assert result.checked == 3 * 3 * 10 * 3
+        with psycopg.connect(pg_dsn) as conn:
+            seqs = [r[0] for r in conn.execute("SELECT seq FROM audit ORDER BY seq")]
+            assert seqs == list(range(1, result.checked + 1))
+            assert conn.execute("SELECT seq FROM audit_head").fetchone() == (result.checked,)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_truncated_tail_is_detected_by_the_head(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        await routed_message(store)
+        async with await psycopg.AsyncConnection.connect(admin_dsn(pg_cluster, pg_dsn), autocommit=True) as conn:
+            await conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+            await conn.execute("DELETE FROM audit WHERE seq = 3")
+            await conn.execute("ALTER TABLE audit ENABLE TRIGGER USER")
+        result = await store.verify_audit()
+        assert (result.ok, result.checked, result.broken_seq) == (False, 2, 3)
+        assert "audit head" in result.reason
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "TRUNCATE audit",
+        "UPDATE audit_head SET seq = 0, hash = repeat('0', 64)",
+        "DELETE FROM audit_head",
+        "TRUNCATE audit_head",
+    ],
+)
+async def test_database_refuses_rewriting_history(pg_cluster: PgCluster, pg_dsn: str, statement: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        await routed_message(store)
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.RestrictViolation):
+                await conn.execute(statement.encode())
+        assert (await store.verify_audit()).ok
+    finally:
+        await store.close()
+
+
+async def test_recovers_from_dropped_connections(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """Pooled connections killed by the server (restart, idle timeout) are replaced transparently
+    for reads and for writes that had not begun."""
+    store = PostgresStore(pg_dsn, pool_size=3)
+    await store.open()
+    try:
+        ids = await asyncio.gather(*(routed_message(store) for _ in range(3)))  # fills the pool
+        with psycopg.connect(admin_dsn(pg_cluster, pg_dsn), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE usename = 'gateway' AND datname = current_database()) t"
+            ).fetchone()
+        assert killed is not None
+        assert killed[0] >= 1
+        # The write meets the dead connections first (they fail on BEGIN, so retrying is safe) ...
+        await store.transition(ids[0], MessageState.DELIVERED, reason="ok", actor="t")
+        await store.ping()
+        with psycopg.connect(admin_dsn(pg_cluster, pg_dsn), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE usename = 'gateway' AND datname = current_database()"
+            )
+        # ... and so do reads.
+        assert len(await store.list_messages()) == 3
+        assert (await store.verify_audit()).ok
+    finally:
+        await store.close()
+
+
+async def test_closed_store_refuses_work(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    with pytest.raises(StoreNotOpen):
+        await store.ping()
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreNotOpen):
+        await store.get("x")
+
+
+def test_bad_dsn_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValueError, match="not a valid libpq connection string") as info:
+        PostgresStore("host=/tmp password=hunter2 this-is-not-a-pair")
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in repr(PostgresStore("host=/tmp password=hunter2"))
+
+
+def write_config(tmp_path: Path, dsn: str) -> Path:
+    (tmp_path / "dsn.secret").write_text(dsn + "\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text('[store]\nbackend = "postgresql"\ndsn = { file = "dsn.secret" }\n')
+    return config
+
+
+async def test_open_store_builds_the_postgres_backend(pg_dsn: str, tmp_path: Path) -> None:
+    store = open_store(load_config(write_config(tmp_path, pg_dsn)))
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:
+        _stored, created = await store.insert(make_envelope(), actor="t")
+        assert created
+        assert await store.schema_version() == len(MIGRATIONS)
+    finally:
+        await store.close()
+
+
+def test_open_store_reports_bad_dsn_at_its_key(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, "user=gw password=s3cret garbage"))
+    with pytest.raises(ConfigError) as info:
+        open_store(config)
+    assert info.value.key == "store.dsn"
+    assert "s3cret" not in str(info.value)
+    assert "dsn.secret" in str(info.value)  # says where the secret comes from, not what it is
+
+
+def test_cli_db_upgrade_against_postgres(pg_dsn: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, pg_dsn)
+    for _ in range(2):  # the second run finds nothing to do
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "db", "--config", str(config), "upgrade"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"database schema at version {len(MIGRATIONS)}" in proc.stdout
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
