@@ -105,4 +105,5 @@ class AckWorker:
             self.metrics.acks.labels(channel, "done" if done else "retry").inc()
             if self.plugins is not None and after.envelope.state is not env.state:
                 await self.plugins.message_transition(after.envelope, env.state.value, "acknowledged upstream")
-            log.info("ack_attempt", reason=reason, ack="done" if done else "retry")
+            # The source's reason text is audited, not logged: it may quote an upstream error body.
+            log.info("ack_attempt", ack="done" if done else "retry")

@@ -197,12 +197,9 @@ class DeliveryWorker:
                 log.warning("lease_lost", reason="another worker took the message over; result dropped")
             except InvalidTransition:
                 log.warning("transition_refused", reason="message changed state during delivery")
-            log.info(
-                "delivery_attempt",
-                outcome=result.outcome.value,
-                reason=result.reason,
-                duration_ms=round(duration * 1000, 1),
-            )
+            # The adapter's reason text is audited (operators see it via the admin API/CLI) but not
+            # logged: it is plugin-written free text and may quote the payload or a person.
+            log.info("delivery_attempt", outcome=result.outcome.value, duration_ms=round(duration * 1000, 1))
 
     async def _apply(self, stored: StoredMessage, route: Route | None, result: DeliveryResult) -> None:
         env = stored.envelope
@@ -255,11 +252,13 @@ class DeliveryWorker:
                 await self.plugins.message_transition(failed.envelope, env.state.value, result.reason)
                 return
             reason = f"{result.reason}; {decision.reason}"
+            log_reason = decision.reason
         else:
             reason = f"permanent failure: {result.reason}"
+            log_reason = "permanent failure"
         dead = await self.store.transition(
             env.id, MessageState.DEAD, reason=reason, actor=self.owner, lease_owner=self.owner, last_error=reason
         )
         self.metrics.dead.labels(*labels).inc()
-        log.warning("message_dead", reason=reason)
+        log.warning("message_dead", reason=log_reason)
         await self.plugins.message_transition(dead.envelope, env.state.value, reason)
