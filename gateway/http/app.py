@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.http.problem import problem_response
 from gateway.model import AckState, MessageState
 from gateway.pipeline.problems import Problem
+from gateway.plugins import PluginHost
 from gateway.runtime import Runtime
 from gateway.store.base import StoredMessage
 
@@ -183,7 +184,9 @@ async def admin_discard(request: web.Request) -> web.Response:
         return stored
     force = request.query.get("force") in ("1", "true", "yes")
     try:
-        result = await discard_dead_letter(runtime.store, stored, actor="admin-api", force=force)
+        result = await discard_dead_letter(
+            runtime.store, stored, actor="admin-api", force=force, plugins=runtime.plugins
+        )
     except ValueError as exc:
         return problem_response(409, "invalid-state", "Cannot discard", str(exc))
     runtime.acker.wake()
@@ -201,11 +204,14 @@ async def retry_dead_letter(runtime: Runtime, stored: StoredMessage, *, actor: s
         reset_attempts=True,
         details={"previous_attempts": stored.envelope.attempts},
     )
+    await runtime.plugins.message_transition(result.envelope, MessageState.DEAD.value, "operator retry")
     runtime.worker.wake()
     return result
 
 
-async def discard_dead_letter(store: Any, stored: StoredMessage, *, actor: str, force: bool) -> StoredMessage:
+async def discard_dead_letter(
+    store: Any, stored: StoredMessage, *, actor: str, force: bool, plugins: PluginHost | None = None
+) -> StoredMessage:
     env = stored.envelope
     if env.state is not MessageState.DEAD:
         raise ValueError(f"message is {env.state.value}, not dead")
@@ -220,6 +226,8 @@ async def discard_dead_letter(store: Any, stored: StoredMessage, *, actor: str, 
         problems=[problem],
         ack=AckState.PENDING if env.ack is AckState.WAITING else None,
     )
+    if plugins is not None:
+        await plugins.message_transition(result.envelope, MessageState.DEAD.value, "operator discard")
     return result
 
 
