@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,18 @@ import pytest
 
 from gateway.xoev.config import XoevConfig, parse_xoev_config
 from gateway.xoev.registry import SchemaRegistry
+
+
+def catalog_at_collection() -> list[dict[str, Any]]:
+    """The catalog for parametrising at collection time ([] when ../shared is absent)."""
+    # same lookup as the shared_dir fixture in tests/conftest.py (not importable as a module)
+    env = os.environ.get("GATEWAY_SHARED_DIR")
+    shared = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
+    path = shared / "xoev" / "catalog.json"
+    if not path.is_file():
+        return []
+    entries: list[dict[str, Any]] = json.loads(path.read_text("utf-8"))
+    return entries
 
 
 @pytest.fixture(scope="session")
