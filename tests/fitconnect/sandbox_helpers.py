@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest_asyncio
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from gateway.fitconnect.jose import b64url_encode, encrypt_jwe, sign_jws
@@ -265,3 +268,48 @@ async def api_fixture(fitconnect_sandbox: RunningSandbox) -> AsyncIterator[Api]:
     """``api``: an :class:`Api` on the test's sandbox (import ``api_fixture`` to use it)."""
     async with aiohttp.ClientSession() as http:
         yield Api(fitconnect_sandbox, http)
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """A loopback callback receiver answering with the given statuses in turn (then 200)."""
+
+    url: str = ""
+    statuses: list[int] = field(default_factory=list)
+    calls: list[Received] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append(Received(dict(request.headers), await request.read(), time.time()))
+        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+    async def wait(self, count: int, within: float = 15.0) -> list[Received]:
+        deadline = time.monotonic() + within
+        while len(self.calls) < count:
+            assert time.monotonic() < deadline, f"expected {count} callbacks, got {len(self.calls)}"
+            await asyncio.sleep(0.02)
+        return self.calls
+
+
+@pytest_asyncio.fixture(name="receiver")
+async def receiver_fixture() -> AsyncIterator[Receiver]:
+    """``receiver``: a loopback callback receiver (import ``receiver_fixture`` to use it)."""
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/callback", rec.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.url = f"http://127.0.0.1:{port}/callback"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()

@@ -135,24 +135,24 @@ async def seed_destination(request: web.Request) -> web.Response:
         contact_information=contact_information(body.get("contactInformation")),
         reply_channels=reply_channels(body["replyChannels"]) if body.get("replyChannels") else None,
     )
-    existed = dest_id in sandbox.state.destinations
+    previous = sandbox.state.destinations.get(dest_id)
     sandbox.state.destinations[dest_id] = dest
     try:
-        for jwk in (*enc, *sig):
-            if not isinstance(jwk, dict):
-                raise bad_request("keys must be JWK objects")
-            sandbox.add_key(dest_id, jwk)
-        kid = body.get("encryptionKid", first_kid)
-        sandbox.update_destination(dest_id, encryption_kid=kid)
-        if not sandbox.state.destinations[dest_id].signing_keys:
-            raise bad_request("signingKeys must hold PS512 keys")
+        for purpose, jwks in (("encryption", enc), ("signing", sig)):
+            for jwk in jwks:
+                if not isinstance(jwk, dict):
+                    raise bad_request("keys must be JWK objects")
+                sandbox.add_key(dest_id, jwk, purpose=purpose)  # type: ignore[arg-type]
+        sandbox.update_destination(dest_id, encryption_kid=body.get("encryptionKid", first_kid))
     except ProblemError:
-        del sandbox.state.destinations[dest_id]
+        if previous is None:
+            del sandbox.state.destinations[dest_id]
+        else:
+            sandbox.state.destinations[dest_id] = previous
         sandbox.save()
         raise
-    return web.json_response(
-        _destination_view(sandbox, sandbox.state.destinations[dest_id]), status=200 if existed else 201
-    )
+    status = 201 if previous is None else 200
+    return web.json_response(_destination_view(sandbox, sandbox.state.destinations[dest_id]), status=status)
 
 
 @routes.get(PREFIX + "/destinations/{destinationId}")

@@ -412,17 +412,23 @@ class Sandbox:
 
     # -- destinations (spec's internal endpoints and inspection API) ------------------------------------
 
-    def add_key(self, destination_id: str, jwk: dict[str, Any]) -> bool:
-        """Register a public JWK (encryption or signing, by its alg); False when it already existed."""
+    def add_key(
+        self, destination_id: str, jwk: dict[str, Any], *, purpose: Literal["encryption", "signing"] | None = None
+    ) -> bool:
+        """Register a public JWK (encryption or signing, by its alg unless ``purpose`` says which it
+        must be); False when exactly this key already existed."""
         dest = self.destination(destination_id)
         alg = jwk.get("alg")
-        purpose: Literal["encryption", "signing"]
+        by_alg: Literal["encryption", "signing"]
         if alg == "RSA-OAEP-256":
-            purpose = "encryption"
+            by_alg = "encryption"
         elif alg == "PS512":
-            purpose = "signing"
+            by_alg = "signing"
         else:
             raise ProblemError(400, "key-invalid", f"alg {alg!r} is neither RSA-OAEP-256 nor PS512", issue="alg")
+        if purpose is not None and by_alg != purpose:
+            raise ProblemError(400, "key-invalid", f"a {purpose} key needs another alg than {alg}", issue="alg")
+        purpose = by_alg
         try:
             validate_public_jwk(jwk, purpose=purpose, allow_self_signed=True)
         except KeyValidationError as exc:
