@@ -1,0 +1,250 @@
+"""XML signatures (XMLDSig, enveloped) for XÖV messages: verify inbound per route policy, sign outbound.
+
+Verification resists signature wrapping: the document is parsed hardened first, it must carry at
+most ONE ``ds:Signature``, as a direct child of the root, with exactly one Reference whose URI is
+``""`` (the whole document) or ``#<Id of the root>``; and after signxml verified the signature,
+the data it reports as signed must be the root element itself (canonicalised, minus the
+signature). So the element the gateway processes is the element that was signed.
+
+Trust is pinned: the signing certificate must be one of the configured trusted certificates
+(compared by SHA-256 fingerprint), and the signature must verify with that certificate's key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from lxml import etree
+from signxml import methods
+from signxml.exceptions import (
+    InvalidCertificate,
+    InvalidDigest,
+    InvalidInput,
+    InvalidSignature,
+    SignXMLException,
+)
+from signxml.signer import XMLSigner
+from signxml.verifier import SignatureConfiguration, XMLVerifier
+
+from gateway.xoev.parsing import DEFAULT_LIMITS, ParseLimits, parse_xml
+
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+_ID_ATTRIBUTES = ("Id", "ID", "id", "{http://www.w3.org/XML/1998/namespace}id")
+_EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+
+Policy = Literal["required", "optional", "ignored"]
+POLICIES: tuple[str, ...] = ("required", "optional", "ignored")
+Status = Literal["valid", "absent", "ignored", "invalid"]
+CertificateInput = x509.Certificate | bytes | str
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureVerdict:
+    status: Status
+    signer: str | None = None  # RFC 4514 subject of the signing certificate
+    policy: str = "optional"
+    code: str | None = None  # precise reason when not valid, e.g. "tampered", "untrusted-certificate"
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the route's policy lets this message through."""
+        if self.policy == "ignored":
+            return True
+        if self.status == "valid":
+            return True
+        return self.status == "absent" and self.policy == "optional"
+
+
+def verify_policy(
+    document_bytes: bytes,
+    policy: str,
+    trusted_certs: Sequence[CertificateInput],
+    *,
+    limits: ParseLimits = DEFAULT_LIMITS,
+) -> SignatureVerdict:
+    """Check the enveloped signature of ``document_bytes`` according to ``policy``.
+
+    Raises :class:`gateway.xoev.parsing.XmlRejected` for hostile/malformed XML and ``ValueError``
+    for an unknown policy; every signature problem is a verdict with ``code`` and ``reason``.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown signature policy {policy!r} (known: {', '.join(POLICIES)})")
+    if policy == "ignored":
+        return SignatureVerdict("ignored", policy=policy)
+    tree = parse_xml(document_bytes, limits)
+    root = tree.getroot()
+
+    def invalid(code: str, reason: str, signer: str | None = None) -> SignatureVerdict:
+        return SignatureVerdict("invalid", signer=signer, policy=policy, code=code, reason=reason)
+
+    signatures = root.findall(f".//{{{DS_NS}}}Signature")
+    if not signatures:
+        if policy == "required":
+            return SignatureVerdict("absent", policy=policy, code="missing", reason="the route requires a signature")
+        return SignatureVerdict("absent", policy=policy)
+    if len(signatures) > 1:
+        return invalid("multiple-signatures", f"{len(signatures)} ds:Signature elements; exactly one is accepted")
+    signature = signatures[0]
+    if signature.getparent() is not root:
+        return invalid("not-enveloped", "the ds:Signature must be a direct child of the root element")
+    references = signature.findall(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference")
+    if len(references) != 1:
+        return invalid("references", f"{len(references)} references; exactly one (to the root) is accepted")
+    uri = references[0].get("URI")
+    root_ids = {root.get(a) for a in _ID_ATTRIBUTES} - {None}
+    if uri is None or not (uri == "" or (uri.startswith("#") and uri[1:] in root_ids)):
+        return invalid("reference-not-root", f"the reference {uri!r} does not point at the root element")
+    if uri:
+        holders = [e for e in root.iter() if isinstance(e.tag, str) and uri[1:] in {e.get(a) for a in _ID_ATTRIBUTES}]
+        if len(holders) > 1:
+            return invalid("wrapped", f"the id {uri[1:]!r} occurs {len(holders)} times (signature wrapping)")
+
+    trusted = [_load_cert(c) for c in trusted_certs]
+    embedded = _embedded_certificate(signature)
+    if embedded is False:
+        return invalid("malformed", "the embedded X509Certificate cannot be decoded")
+    if embedded is not None:
+        fingerprint = embedded.fingerprint(hashes.SHA256())
+        candidates = [c for c in trusted if c.fingerprint(hashes.SHA256()) == fingerprint]
+        if not candidates:
+            return invalid("untrusted-certificate", "the signing certificate is not trusted for this route")
+    else:
+        candidates = trusted
+    if not candidates:
+        return invalid("untrusted-certificate", "no trusted certificate is configured")
+
+    failure: SignatureVerdict | None = None
+    for cert in candidates:
+        signer = cert.subject.rfc4514_string()
+        try:
+            result: Any = XMLVerifier().verify(
+                root,
+                x509_cert=cert,
+                expect_config=SignatureConfiguration(location="./", expect_references=1),
+            )
+        except InvalidDigest as exc:
+            return invalid("tampered", f"the signed content was changed: {exc}", signer)
+        except InvalidCertificate as exc:
+            failure = invalid("certificate", f"the signing certificate is not usable: {exc}", signer)
+            continue
+        except InvalidSignature as exc:
+            failure = invalid("bad-signature", f"the signature value does not verify: {exc}", signer)
+            continue
+        except (InvalidInput, SignXMLException) as exc:
+            return invalid("malformed", f"the signature cannot be processed: {exc}", signer)
+        if not _signed_is_root(result.signed_xml, root, signature):
+            return invalid("wrapped", "the signed data is not the root element that would be processed", signer)
+        if _has_unsigned_comments(root, references[0]):
+            # "<id>evil<!---->.example</id>": c14n without comments signs "evil.example", a naive
+            # reader of the delivered bytes sees "evil"; refuse rather than deliver ambiguity
+            return invalid("unsigned-content", "comments inside the message are not covered by the signature", signer)
+        return SignatureVerdict("valid", signer=signer, policy=policy)
+    assert failure is not None
+    if embedded is None and len(candidates) > 1:
+        return invalid("untrusted-certificate", "the signature verifies with none of the trusted certificates")
+    return failure
+
+
+def sign_xml(
+    document_bytes: bytes,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey | bytes,
+    cert: CertificateInput,
+    *,
+    limits: ParseLimits = DEFAULT_LIMITS,
+) -> bytes:
+    """Add an enveloped signature (RSA-SHA256 or ECDSA-SHA256, SHA-256 digest, exclusive c14n).
+
+    The reference covers the whole document (``URI=""``).
+
+    The ``ds:Signature`` is appended as the last child of the root (the message schema must allow it
+    there). ``key`` is a private key object or PEM bytes; ``cert`` the matching certificate.
+    """
+    tree = parse_xml(document_bytes, limits)
+    if tree.getroot().find(f".//{{{DS_NS}}}Signature") is not None:
+        raise ValueError("the document is already signed")
+    if isinstance(key, bytes):
+        loaded = serialization.load_pem_private_key(key, password=None)
+        if not isinstance(loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey):
+            raise ValueError(f"unsupported signing key type {type(loaded).__name__}")
+        key = loaded
+    certificate = _load_cert(cert)
+    signer = _WholeDocumentSigner(
+        method=methods.enveloped,
+        signature_algorithm=_signature_algorithm(key),
+        digest_algorithm="sha256",
+        c14n_algorithm=_EXC_C14N,
+    )
+    signed = signer.sign(tree.getroot(), key=key, cert=[certificate])
+    out: bytes = etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+    return out
+
+
+class _WholeDocumentSigner(XMLSigner):
+    """signxml references a root that has an ``Id`` as ``#Id``; verifiers then need to be told
+    which attribute is an ID (xmlsec1 ``--id-attr``). ``URI=""`` needs nothing and covers the same
+    element, so every outbound signature uses it."""
+
+    def _unpack(self, data: Any, references: Any) -> Any:
+        sig_root, doc_root, c14n_inputs, refs = super()._unpack(data, references)
+        if references is None:
+            refs = [dataclasses.replace(ref, URI="") for ref in refs]
+        return sig_root, doc_root, c14n_inputs, refs
+
+
+def _signature_algorithm(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ecdsa-sha256"
+    if isinstance(key, dsa.DSAPrivateKey):
+        return "dsa-sha256"
+    return "rsa-sha256"
+
+
+def _load_cert(cert: CertificateInput) -> x509.Certificate:
+    if isinstance(cert, x509.Certificate):
+        return cert
+    data = cert.encode() if isinstance(cert, str) else cert
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def _embedded_certificate(signature: etree._Element) -> x509.Certificate | Literal[False] | None:
+    """The first embedded X509Certificate; None if there is none, False if it is undecodable."""
+    node = signature.find(f"{{{DS_NS}}}KeyInfo/{{{DS_NS}}}X509Data/{{{DS_NS}}}X509Certificate")
+    if node is None or not (node.text or "").strip():
+        return None
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode("".join((node.text or "").split()), validate=True))
+    except (ValueError, binascii.Error):
+        return False
+
+
+def _signed_is_root(signed_xml: etree._Element | None, root: etree._Element, signature: etree._Element) -> bool:
+    """Does signxml's 'what was signed' equal the root element minus its enveloped signature?"""
+    if signed_xml is None:
+        return False
+    expected = copy.deepcopy(root)  # the caller's tree stays untouched
+    for sig in expected.findall(f"{{{DS_NS}}}Signature"):
+        expected.remove(sig)
+    return _c14n(signed_xml) == _c14n(expected)
+
+
+def _has_unsigned_comments(root: etree._Element, reference: etree._Element) -> bool:
+    algorithms = [t.get("Algorithm") or "" for t in reference.iter(f"{{{DS_NS}}}Transform")]
+    if any(a.endswith("#WithComments") for a in algorithms):
+        return False
+    return any(isinstance(node, etree._Comment) for node in root.iter(etree.Comment))
+
+
+def _c14n(elem: etree._Element) -> bytes:
+    return etree.tostring(elem, method="c14n", exclusive=True, with_comments=False)
