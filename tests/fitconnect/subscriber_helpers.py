@@ -23,11 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway.config import load_config
-from gateway.fitconnect.keys import KeySetPaths, generate_key_set
-from gateway.fitconnect.sender import Breakage, OutgoingAttachment, Sender, SenderQuirks, SentSubmission
+from gateway.fitconnect.jose import auth_tag, encrypt_jwe
+from gateway.fitconnect.keys import KeySetPaths, generate_key_set, load_public_jwk
+from gateway.fitconnect.sender import (
+    Breakage,
+    OutgoingAttachment,
+    Sender,
+    SenderQuirks,
+    SentSubmission,
+    prepare_submission,
+)
 from gateway.fitconnect.sets import EVENT_PREFIX
 from gateway.http.app import create_app
 from gateway.model import MessageState
@@ -89,6 +98,21 @@ def sandbox_keys() -> SandboxKeys:
 def rollover_keys() -> KeySetPaths:
     """A second encryption (and signing) key pair for the destination: key rollover tests."""
     return generate_key_set("rollover", _tempdir("fc-rollover-keys-"))
+
+
+async def eventually(predicate: Callable[[], Any], *, within: float = 20.0, what: str = "condition") -> None:
+    """Wait until ``predicate()`` (sync or async) is truthy."""
+    deadline = time.monotonic() + within
+    for _ in range(1_000_000):
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:
@@ -236,7 +260,7 @@ class Gateway:
         mime: str | None = None,
         attachments: Sequence[OutgoingAttachment] = (),
         version: str = "1.0.0",
-        quirks: SenderQuirks = SenderQuirks(),
+        quirks: SenderQuirks | None = None,
         breakage: Breakage | None = None,
     ) -> SentSubmission:
         if schema is None:
@@ -253,9 +277,68 @@ class Gateway:
                 data_mime_type=mime if data is not None else None,
                 attachments=attachments,
                 metadata_version=version,
-                quirks=quirks,
+                quirks=quirks or SenderQuirks(),
                 breakage=breakage,
             )
+
+    async def send_custom(
+        self,
+        edit_metadata: Callable[[dict[str, Any]], None],
+        *,
+        service: str = GEWERBE_SERVICE,
+        data: bytes | None = GEWERBE_DATA,
+        attachments: Sequence[OutgoingAttachment] = (),
+        version: str = "1.0.0",
+    ) -> SentSubmission:
+        """Like :meth:`send`, with the metadata edited before encryption (cases no Breakage covers)."""
+        async with self.sender() as sender:
+            _destination, jwk = await sender.destination_key(self.sandbox.destination_id)
+        recipient = load_public_jwk(jwk)
+        schema = BAU_SCHEMA if service == BAU_SERVICE else GEWERBE_SCHEMA
+        mime = "application/xml" if service == BAU_SERVICE else "application/json"
+        prepared = prepare_submission(
+            recipient=recipient,
+            kid=jwk["kid"],
+            service_identifier=service,
+            service_name="Demo",
+            data=data,
+            data_schema_uri=schema if data is not None else None,
+            data_mime_type=mime if data is not None else None,
+            attachments=attachments,
+            metadata_version=version,
+        )
+        edit_metadata(prepared.metadata)
+        encrypted_metadata = encrypt_jwe(
+            json.dumps(prepared.metadata).encode(), recipient, kid=jwk["kid"], cty="application/json"
+        )
+        base = self.sandbox.base_url + "/v1"
+        headers = {"Authorization": f"Bearer {await self.sandbox.token(self.sandbox.sender)}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            create = {
+                "destinationId": self.sandbox.destination_id,
+                "announcedAttachments": prepared.announced_attachments,
+                "serviceType": {"name": "Demo", "identifier": service},
+            }
+            async with http.post(f"{base}/submissions", json=create) as resp:
+                assert resp.status == 201, await resp.text()
+                created = await resp.json()
+            sid, case_id = created["submissionId"], created["caseId"]
+            for att in prepared.attachments:
+                assert att.jwe is not None
+                async with http.put(
+                    f"{base}/submissions/{sid}/attachments/{att.attachment_id}",
+                    data=att.jwe.encode(),
+                    headers={"Content-Type": "application/jose"},
+                ) as resp:
+                    assert resp.status == 204, await resp.text()
+            submit = {"encryptedMetadata": encrypted_metadata}
+            if prepared.encrypted_data is not None:
+                submit["encryptedData"] = prepared.encrypted_data
+            async with http.put(f"{base}/submissions/{sid}", json=submit) as resp:
+                assert resp.status == 202, await resp.text()
+        prepared.cleanup()
+        tags = dict(prepared.auth_tags, metadata=auth_tag(encrypted_metadata))
+        return SentSubmission(sid, case_id, self.sandbox.destination_id, tags, prepared.metadata)
 
     # -- outcomes --------------------------------------------------------------------------------------
 
@@ -282,11 +365,16 @@ class Gateway:
 
 
 @asynccontextmanager
-async def e2e(tmp_path: Path, metadata_dir: Path, **options: Any) -> AsyncIterator[Gateway]:
-    """A sandbox plus a started gateway whose ``fitconnect`` source has ``options`` (None removes one)."""
+async def e2e(tmp_path: Path, metadata_dir: Path, *, start: bool = True, **options: Any) -> AsyncIterator[Gateway]:
+    """A sandbox plus a gateway whose ``fitconnect`` source has ``options`` (None removes one).
+
+    With ``start=False`` the test sends (and tampers) first and calls ``gateway.start()`` itself, so
+    the gateway cannot pick a submission up before the sandbox broke it.
+    """
     async with running_sandbox(keys=sandbox_keys()) as sandbox:
         gateway = Gateway(sandbox, tmp_path, metadata_dir, dict(options))
-        await gateway.start()
+        if start:
+            await gateway.start()
         try:
             yield gateway
         finally:

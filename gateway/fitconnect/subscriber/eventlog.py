@@ -175,24 +175,24 @@ async def fetch_event_log(api: SubmissionApi, keys: KeyResolver, case_id: str, *
     events: list[ParsedSET] = []
     for index, token in enumerate(tokens):
         if not isinstance(token, str):
-            raise _invalid(f"event #{index} is not a string")
+            raise _invalid(f"event {index + 1} is not a string")
         try:
             parsed = parse_set(token, now=now_s)
         except SETError as exc:
-            raise _invalid(f"event #{index} is not a valid SET ({exc.code})") from None
+            raise _invalid(f"event {index + 1} is not a valid SET ({exc.code})") from None
         if parsed.case_id != case_id.lower():
-            raise _invalid(f"event #{index} belongs to another case (txn)")
+            raise _invalid(f"event {index + 1} belongs to another case (txn)")
         kid = parsed.header["kid"]
         if is_zsd_issuer(parsed.issuer):
             key = await keys.zsd_key(kid)
         elif _UUID_RE.fullmatch(parsed.issuer):
             key = await keys.destination_key(parsed.issuer, kid)
         else:
-            raise _invalid(f"event #{index} has an issuer that is neither the Zustelldienst nor a destination")
+            raise _invalid(f"event {index + 1} has an issuer that is neither the Zustelldienst nor a destination")
         try:
             verify_set(parsed, key)
         except SETError as exc:
-            raise _invalid(f"event #{index}: signature does not verify ({exc.code})") from None
+            raise _invalid(f"event {index + 1}: signature does not verify ({exc.code})") from None
         events.append(parsed)
     return EventLog(events)
 
