@@ -485,3 +485,17 @@ async def test_renewal_stops_when_the_lease_is_lost(tmp_path: Path) -> None:
         gate.set()
         await delivery
         assert await h.state(mid) is MessageState.ROUTED  # the result after losing the lease was dropped
+
+
+async def test_retry_after_from_the_adapter_sets_the_next_attempt(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:  # max_delay = 10
+        h.alpha.script = [DeliveryResult.transient("HTTP 429", retry_after=7.5)]
+        mid = (await h.receive()).message.envelope.id
+        await h.worker.deliver_once()
+        stored = await h.get(mid)
+        assert stored.envelope.state is MessageState.FAILED
+        assert stored.next_attempt_at == h.clock() + 7.5
+        h.clock.advance(7.4)
+        assert await h.worker.deliver_once() == 0
+        h.clock.advance(0.1)
+        assert await h.worker.deliver_once() == 1

@@ -60,3 +60,24 @@ def test_young_message_is_retried() -> None:
     decision = after_transient_failure(POLICY, attempts=1, age=10.0, rng=random.Random(3))
     assert decision.retry
     assert decision.reason == ""
+
+
+def test_retry_after_extends_the_backoff_up_to_max_delay() -> None:
+    rng = random.Random(5)
+    # Attempt 1: jitter in [0, 2]; the Fachverfahren asked for 120 s.
+    decision = after_transient_failure(POLICY, attempts=1, age=0.0, rng=rng, retry_after=120.0)
+    assert decision.retry
+    assert decision.delay == 120.0
+    capped = after_transient_failure(POLICY, attempts=1, age=0.0, rng=rng, retry_after=10_000.0)
+    assert capped.delay == POLICY.max_delay
+    # A Retry-After shorter than the jittered delay does not shorten it.
+    delays = [
+        after_transient_failure(POLICY, attempts=7, age=0.0, rng=random.Random(s), retry_after=0.5).delay
+        for s in range(50)
+    ]
+    assert all(0.5 <= d <= 300.0 for d in delays)
+    assert max(delays) > 100.0
+    # Retry-After counts against max_age like any delay.
+    late = after_transient_failure(POLICY, attempts=1, age=3500.0, rng=rng, retry_after=200.0)
+    assert not late.retry
+    assert late.reason == "maximum age 3600s exceeded"
