@@ -69,7 +69,12 @@ class Api:
     async def token(self, who: str) -> str:
         """Cached access token of ``"sender"``, ``"subscriber"`` or any client id."""
         if who not in self._tokens:
-            client = {"sender": self.sb.sender, "subscriber": self.sb.subscriber}.get(who) or self.sb.client(who)
+            if who == "sender":
+                client = self.sb.sender
+            elif who == "subscriber":
+                client = self.sb.subscriber
+            else:
+                client = self.sb.client(who)
             self._tokens[who] = await self.sb.token(client)
         return self._tokens[who]
 
