@@ -93,6 +93,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
     """,
+    # The chain's last (seq, hash), moved in the same transaction as every append: the newest
+    # records have no successor whose link would break, so without it a cut-off tail verifies.
+    """
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    );
+    INSERT INTO audit_head (id, seq, hash)
+        SELECT 1, COALESCE(MAX(seq), 0),
+               COALESCE((SELECT hash FROM audit ORDER BY seq DESC LIMIT 1), hex(zeroblob(32)))  -- GENESIS_HASH
+        FROM audit;
+    CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head WHEN NEW.seq < OLD.seq
+        BEGIN SELECT RAISE(ABORT, 'audit_head only moves forward'); END;
+    CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+        BEGIN SELECT RAISE(ABORT, 'audit_head only moves forward'); END;
+    """,
 )
 
 
@@ -261,9 +278,9 @@ class SQLiteStore:
         details: Mapping[str, Any] | None,
         at: float,
     ) -> None:
-        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq = (last["seq"] + 1) if last else 1
-        prev_hash = last["hash"] if last else GENESIS_HASH
+        head = conn.execute("SELECT seq, hash FROM audit_head").fetchone()
+        seq = head["seq"] + 1
+        prev_hash = head["hash"]
         details = dict(details or {})
         digest = audit_hash(
             prev_hash,
@@ -294,6 +311,7 @@ class SQLiteStore:
                 digest,
             ),
         )
+        conn.execute("UPDATE audit_head SET seq = ?, hash = ?", (seq, digest))
 
     @staticmethod
     def _audit_from_row(row: Any) -> AuditRecord:
@@ -318,11 +336,36 @@ class SQLiteStore:
         return [self._audit_from_row(r) for r in rows]
 
     async def verify_audit(self) -> AuditVerification:
-        rows = await self._run(lambda c: c.execute("SELECT * FROM audit ORDER BY seq").fetchall())
+        """Check the hash chain, and that the audit head points at its last record."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], sqlite3.Row | None]:
+            conn.execute("BEGIN")  # one snapshot for the records and the head
+            try:
+                return conn.execute("SELECT * FROM audit ORDER BY seq").fetchall(), conn.execute(
+                    "SELECT seq, hash FROM audit_head"
+                ).fetchone()
+            finally:
+                conn.execute("ROLLBACK")
+
+        rows, head = await self._run(read)
         records = [self._audit_from_row(r) for r in rows]
         if records and records[0].seq != 1:
             return AuditVerification(False, 0, records[0].seq, "the chain does not start at seq 1")
-        return verify_chain(records)
+        result = verify_chain(records)
+        if not result.ok:
+            return result
+        last_seq, last_hash = (records[-1].seq, records[-1].hash) if records else (0, GENESIS_HASH)
+        if head is None:
+            return AuditVerification(False, result.checked, last_seq + 1, "the audit head row is missing")
+        if head["seq"] != last_seq or head["hash"] != last_hash:
+            return AuditVerification(
+                False,
+                result.checked,
+                min(head["seq"], last_seq) + 1,
+                f"the audit head (seq {head['seq']}) does not match the last record (seq {last_seq}):"
+                " records were removed or added outside the store",
+            )
+        return result
 
     async def note(
         self,
