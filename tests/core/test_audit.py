@@ -120,6 +120,33 @@ def _reorder(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE audit SET seq = 8 WHERE seq = -1")
 
 
+def _delete_tail(conn: sqlite3.Connection) -> None:
+    # The newest records carry no successor whose link could break: only the audit head notices.
+    conn.execute("DELETE FROM audit WHERE seq >= 11")
+
+
+def _append_forged(conn: sqlite3.Connection) -> None:
+    # A forged record appended with a correct link and hash, but without moving the head.
+    last = conn.execute("SELECT seq, hash, message_id FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    fields = {
+        "seq": last[0] + 1,
+        "message_id": last[2],
+        "at": 1.0,
+        "event": "operator",
+        "from_state": "failed",
+        "to_state": "failed",
+        "reason": "forged",
+        "actor": "x",
+        "details": {},
+    }
+    digest = audit_hash(last[1], **fields)  # type: ignore[arg-type]
+    conn.execute(
+        "INSERT INTO audit (seq, message_id, at, event, from_state, to_state, reason, actor, details, prev_hash, hash)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (*[fields[k] if k != "details" else "{}" for k in fields], last[1], digest),
+    )
+
+
 def _edit_time(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE audit SET at = at - 3600 WHERE seq = 9")
 
@@ -134,8 +161,20 @@ def _edit_time(conn: sqlite3.Connection) -> None:
         (_delete_middle, 8, "record(s) missing before seq 8"),
         (_delete_first, 2, "the chain does not start at seq 1"),
         (_reorder, 7, "prev_hash does not link to the previous record"),
+        (
+            _delete_tail,
+            11,
+            "the audit head (seq 12) does not match the last record (seq 10): "
+            "records were removed or added outside the store",
+        ),
+        (
+            _append_forged,
+            13,
+            "the audit head (seq 12) does not match the last record (seq 13): "
+            "records were removed or added outside the store",
+        ),
     ],
-    ids=["reason", "details", "time", "rehash", "delete", "delete-first", "reorder"],
+    ids=["reason", "details", "time", "rehash", "delete", "delete-first", "reorder", "delete-tail", "append"],
 )
 async def test_tampering_is_detected(
     tmp_path: Path,
@@ -174,3 +213,33 @@ async def test_cli_audit_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert [(r["from"], r["to"]) for r in lines] == [(None, "received"), ("received", "rejected")]
     assert {r["message_id"] for r in lines} == {ids[1]}
     assert all(len(r["hash"]) == 64 for r in lines)
+
+
+async def test_audit_head_is_initialised_when_an_old_database_is_upgraded(tmp_path: Path) -> None:
+    db, ids = await populated(tmp_path)
+    conn = sqlite3.connect(db, isolation_level=None)  # back to schema version 1 (no audit head), data kept
+    conn.execute("DROP TRIGGER audit_head_no_delete")
+    conn.execute("DROP TABLE audit_head")
+    conn.execute("DELETE FROM schema_migrations WHERE version > 1")
+    conn.close()
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await store.schema_version() >= 2
+        assert (await store.verify_audit()).ok
+        await store.note(ids[2], event="operator", reason="after upgrade", actor="t")
+        result = await store.verify_audit()
+        assert result.ok
+        assert result.checked == 13
+    finally:
+        await store.close()
+
+
+async def test_audit_head_only_moves_forward(tmp_path: Path) -> None:
+    db, _ids = await populated(tmp_path)
+    conn = sqlite3.connect(db, isolation_level=None)
+    with pytest.raises(sqlite3.DatabaseError, match="only moves forward"):
+        conn.execute("UPDATE audit_head SET seq = 10")
+    with pytest.raises(sqlite3.DatabaseError, match="only moves forward"):
+        conn.execute("DELETE FROM audit_head")
+    conn.close()
