@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "gateway.fitconnect.keys_cli",
     "gateway.fitconnect.sandbox.cli",
     "gateway.xoev.cli",
+    "gateway.demo",
 )
 
 
