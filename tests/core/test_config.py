@@ -355,17 +355,20 @@ def test_check_config_exit_code_and_stderr(tmp_path: Path, capsys: pytest.Captur
     assert err == ""
 
 
-def test_repository_gateway_toml_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_repository_gateway_toml_is_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fitconnect_shared: Path
+) -> None:
     config = load_config(REPO_ROOT / "gateway.toml")  # parses in place (no side effects)
     assert config.http.admin_token is not None
     assert config.routing.fallback == "poststelle"
-    # check-config also creates the adapters (which make their folders): run it on a copy.
-    shutil.copy(REPO_ROOT / "gateway.toml", tmp_path / "gateway.toml")
-    token = config.http.admin_token.file
-    assert token is not None
-    target = tmp_path / token.relative_to(REPO_ROOT)
-    target.parent.mkdir(parents=True)
-    shutil.copy(token, target)
-    assert main(["check-config", str(tmp_path / "gateway.toml")]) == 0
+    # check-config also creates the adapters (which make their folders): run it on a copy that keeps
+    # the relative layout (certs/, schemas/, and ../shared for the FIT-Connect metadata schemas).
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    shutil.copy(REPO_ROOT / "gateway.toml", copy / "gateway.toml")
+    shutil.copytree(REPO_ROOT / "certs", copy / "certs")
+    shutil.copytree(REPO_ROOT / "schemas", copy / "schemas")
+    (tmp_path / "shared").symlink_to(fitconnect_shared.parent)
+    assert main(["check-config", str(copy / "gateway.toml")]) == 0
     assert "ok (" in capsys.readouterr().out
-    assert os.path.isdir(tmp_path / "var" / "fachverfahren" / "bauamt")
+    assert os.path.isdir(copy / "var" / "fachverfahren" / "bauamt")
