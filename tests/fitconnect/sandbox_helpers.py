@@ -291,7 +291,7 @@ class Receiver:
     calls: list[Received] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.calls.append(Received(dict(request.headers), await request.read(), time.time()))
+        self.calls.append(Received(dict(request.headers), await request.read(), time.monotonic()))
         return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
 
     async def wait(self, count: int, within: float = 15.0) -> list[Received]:

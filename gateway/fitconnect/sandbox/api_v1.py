@@ -87,9 +87,10 @@ async def token(request: web.Request) -> web.Response:
     try:
         if request.content_type != "application/x-www-form-urlencoded":
             raise OAuthError(400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded")
-        raw = await request.content.read(TOKEN_BODY_LIMIT + 1)
-        if len(raw) > TOKEN_BODY_LIMIT:
-            raise OAuthError(400, "invalid_request", "request body too large")
+        try:
+            raw = await read_limited(request, TOKEN_BODY_LIMIT)
+        except ProblemError:
+            raise OAuthError(400, "invalid_request", "request body too large") from None
         try:
             params = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
         except (UnicodeDecodeError, ValueError):
@@ -274,6 +275,10 @@ async def put_attachment(request: web.Request) -> web.Response:
         raise too_large(limit) from None
     except JWEShapeError as exc:
         raise _jwe_problem(exc, "attachment") from None
+    except FileNotFoundError:
+        # The submission's directory vanished mid-upload (deleted by a timer): answer for its new state.
+        sandbox.check_attachment_upload(grant, submission_id, attachment_id)
+        raise
     # Re-check: the submission may have been submitted or deleted while the body streamed in.
     sandbox.check_attachment_upload(grant, submission_id, attachment_id)
     sandbox.record_attachment(sub, attachment_id, tag)
