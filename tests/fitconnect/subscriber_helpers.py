@@ -379,3 +379,101 @@ async def e2e(tmp_path: Path, metadata_dir: Path, *, start: bool = True, **optio
             yield gateway
         finally:
             await gateway.stop()
+
+
+# -- the memory-ceiling child process ----------------------------------------------------------------
+
+
+def current_rss() -> int:
+    import psutil
+
+    rss: int = psutil.Process().memory_info().rss
+    return rss
+
+
+def peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+async def _memory_child(config_path: Path, submission_id: str) -> dict[str, Any]:
+    import gc
+
+    runtime = build_runtime(load_config(config_path))
+    gc.collect()
+    baseline = current_rss()
+    started = time.monotonic()
+    await runtime.start()
+    try:
+        while True:
+            stored = await runtime.store.find_by_source("fc", submission_id)
+            if stored is not None and stored.envelope.state in (MessageState.ACKNOWLEDGED, MessageState.REJECTED):
+                break
+            if time.monotonic() - started > 300:
+                raise AssertionError("the submission was not processed within 300 s")
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+    finally:
+        await runtime.stop()
+    sizes = [b.size for b in stored.envelope.attachments]
+    return {
+        "state": stored.envelope.state.value,
+        "attachment_bytes": sizes,
+        "baseline_rss": baseline,
+        "peak_rss": peak_rss(),
+        "seconds": elapsed,
+    }
+
+
+def memory_child_main() -> None:
+    """``python -c 'from tests.fitconnect.subscriber_helpers import memory_child_main; memory_child_main()'
+    CONFIG SUBMISSION_ID``: run a gateway until the submission is done, print RSS figures as JSON."""
+    import sys
+
+    result = asyncio.run(_memory_child(Path(sys.argv[1]), sys.argv[2]))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+async def run_memory_child(config_path: Path, submission_id: str) -> dict[str, Any]:
+    import os
+    import sys
+
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")])
+    )
+    code = "from tests.fitconnect.subscriber_helpers import memory_child_main; memory_child_main()"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        str(config_path),
+        submission_id,
+        cwd=str(REPO),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode("utf-8", "replace")
+    lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"memory child failed ({proc.returncode}):\n{text[-4000:]}")
+    value: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    return value
+
+
+def write_random_file(path: Path, size: int, chunk: int = 8 << 20) -> str:
+    """``size`` bytes of random data (incompressible); returns the SHA-512 hex."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha512()
+    with path.open("wb") as fh:
+        left = size
+        while left:
+            block = os.urandom(min(chunk, left))
+            digest.update(block)
+            fh.write(block)
+            left -= len(block)
+    return digest.hexdigest()

@@ -271,12 +271,14 @@ async def test_listed_twice_is_received_once(tmp_path: Path, fitconnect_shared: 
         sent = await gw.send()
         await gw.start(before_start=disable_delivery)
         source = gw.source
-        await source.drain()
+        await eventually(lambda: source.last_poll_ok is not None, what="the startup poll")
+        # Polls racing the startup poll's processing: in flight or already stored, never queued twice.
+        assert await asyncio.gather(source.poll_once(), source.poll_once()) == [0, 0]
         await gw.wait_stored(sent.submission_id)
-        # Listed again (the ZSD keeps listing it until accept): found in the store before any download.
-        assert await source.process(sent.submission_id, sent.case_id) is False
-        assert await source.poll_once() == 1
         await source.drain()
+        # Listed again (the ZSD lists it until the accept): recognised in the store before any download.
+        assert await source.poll_once() == 0
+        assert await source.process(sent.submission_id, sent.case_id) is False
         assert gw.runtime is not None
         assert gw.runtime.metrics.duplicates.labels("fc")._value.get() == 0
         assert gw.runtime.metrics.received.labels("fc")._value.get() == 1

@@ -129,7 +129,7 @@ class FitConnectSource:
                 if not isinstance(items, list):
                     raise ApiError("list-submissions", "response has no submissions array")
                 for item in items:
-                    if self._enqueue(item):
+                    if await self._enqueue(item):
                         queued += 1
                 offset += len(items)
                 total = page.get("totalCount")
@@ -145,7 +145,7 @@ class FitConnectSource:
             log.info("fitconnect_poll", source=self.name, queued=queued)
         return queued
 
-    def _enqueue(self, item: Any) -> bool:
+    async def _enqueue(self, item: Any) -> bool:
         if not isinstance(item, dict):
             return False
         submission_id, case_id = item.get("submissionId"), item.get("caseId")
@@ -157,7 +157,10 @@ class FitConnectSource:
         key = submission_id.lower()
         if key in self._in_flight:
             return False
-        self._in_flight.add(key)
+        self._in_flight.add(key)  # before the await: a concurrent poll must not queue it too
+        if await self.ctx.intake.store.find_by_source(self.name, key) is not None:
+            self._in_flight.discard(key)
+            return False  # stored, waiting for delivery/acknowledgement: still listed upstream until then
         self._queue.put_nowait((key, case_id.lower()))
         return True
 
