@@ -171,6 +171,7 @@ def parse_with_limits(data: bytes, limits: ParseLimits) -> etree._ElementTree:
                             f"document has more than {limits.max_elements} elements",
                             source_line(elem),
                         )
+                    _check_text(elem.getprevious(), "tail", max_text)  # complete once the next sibling starts
                     for value in elem.attrib.values():
                         if len(value) > max_attr:
                             raise XmlRejected(
@@ -180,13 +181,9 @@ def parse_with_limits(data: bytes, limits: ParseLimits) -> etree._ElementTree:
                             )
                 else:
                     depth -= 1
-                    for text in (elem.text, elem.tail):
-                        if text is not None and len(text) > max_text:
-                            raise XmlRejected(
-                                "text-too-large",
-                                f"a text node has {len(text)} characters, the limit is {max_text}",
-                                source_line(elem),
-                            )
+                    _check_text(elem, "text", max_text)
+                    if len(elem):
+                        _check_text(elem[-1], "tail", max_text)
         root = parser.close()
     except etree.XMLSyntaxError as exc:
         raise _syntax_rejection(exc, parser) from None
@@ -195,6 +192,16 @@ def parse_with_limits(data: bytes, limits: ParseLimits) -> etree._ElementTree:
     if getattr(docinfo, "doctype", "") or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise XmlRejected("doctype", "DOCTYPE declarations (DTDs, entity declarations) are not accepted", 1)
     return tree
+
+
+def _check_text(elem: etree._Element | None, which: str, limit: int) -> None:
+    if elem is None:
+        return
+    text = elem.text if which == "text" else elem.tail
+    if text is not None and len(text) > limit:
+        raise XmlRejected(
+            "text-too-large", f"a text node has {len(text)} characters, the limit is {limit}", source_line(elem)
+        )
 
 
 def source_line(elem: etree._Element) -> int | None:

@@ -134,8 +134,13 @@ def test_huge_attribute_value() -> None:
 
 
 def test_huge_text_node() -> None:
-    doc = b"<r>" + b"T" * 5000 + b"</r>"
-    assert rejected(doc, ParseLimits(max_text_chars=1000)).code == "text-too-large"
+    limits = ParseLimits(max_text_chars=1000)
+    assert rejected(b"<r>" + b"T" * 5000 + b"</r>", limits).code == "text-too-large"
+    # text between elements (lxml: the tail of the previous element), in the middle and at the end
+    assert rejected(b"<r><a/>" + b"T" * 5000 + b"<b/></r>", limits).code == "text-too-large"
+    assert rejected(b"<r><a/>" + b"T" * 5000 + b"</r>", limits).code == "text-too-large"
+    assert rejected(b"<r><!--c-->" + b"T" * 5000 + b"</r>", limits).code == "text-too-large"
+    parse_xml(b"<r><a/>" + b"T" * 1000 + b"<b/>" + b"T" * 1000 + b"</r>", limits)
 
 
 def test_invalid_utf8() -> None:

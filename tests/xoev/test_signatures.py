@@ -142,7 +142,9 @@ def test_classic_signature_wrapping_attack(municipality: Identity) -> None:
     signature = root.find(f"{{{DS_NS}}}Signature")
     assert signature is not None
     original = copy.deepcopy(root)
-    original.remove(original.find(f"{{{DS_NS}}}Signature"))
+    copied_signature = original.find(f"{{{DS_NS}}}Signature")
+    assert copied_signature is not None
+    original.remove(copied_signature)
     wrapper = etree.SubElement(signature, f"{{{DS_NS}}}Object")
     wrapper.append(original)  # still carries Id="msg-1": the reference now resolves to this copy
     root.set("Id", "forged")
@@ -167,7 +169,9 @@ def test_wrapping_with_duplicate_ids(municipality: Identity) -> None:
     signature = root.find(f"{{{DS_NS}}}Signature")
     assert signature is not None
     original = copy.deepcopy(root)
-    original.remove(original.find(f"{{{DS_NS}}}Signature"))
+    copied_signature = original.find(f"{{{DS_NS}}}Signature")
+    assert copied_signature is not None
+    original.remove(copied_signature)
     etree.SubElement(signature, f"{{{DS_NS}}}Object").append(original)
     betrag = root.find("{urn:example:antrag}betrag")
     assert betrag is not None
