@@ -79,6 +79,7 @@ def test_config_errors_are_collected(tmp_path: Path, fitconnect_sandbox_keys: Sa
 [sandbox]
 token_lifetime = -5
 colour = "blue"
+api_versions = ["v3"]
 
 [[destinations]]
 id = "not-a-uuid"
@@ -111,6 +112,7 @@ scopes = ["root", "send:region:DE09"]
     for expected in (
         "sandbox.token_lifetime: must be > 0",
         "sandbox.colour: unknown key",
+        "sandbox.api_versions: must be",
         "destinations[0].id: must be a UUID",
         "destinations[0].status: must be one of",
         "destinations[0].metadata_versions",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from gateway.fitconnect.sandbox import api_v1, inspection
+from gateway.fitconnect.sandbox import api, inspection
 from gateway.fitconnect.sandbox.appkeys import SANDBOX
 from gateway.fitconnect.sandbox.config import SandboxConfig
 from gateway.fitconnect.sandbox.problems import ProblemError
@@ -83,7 +83,7 @@ def create_sandbox_app(config: SandboxConfig, *, zsd_key: ZsdSigningKey | None =
         client_max_size=max(config.limits.max_submit_bytes, config.limits.max_json_bytes),
     )
     app[SANDBOX] = sandbox
-    app.add_routes(api_v1.routes)
+    api.add_api_routes(app, config.api_versions)
     if config.inspection_api:
         app.add_routes(inspection.routes)
     app.cleanup_ctx.append(_background)

@@ -9,6 +9,7 @@ renamed when complete, so an aborted or refused upload never replaces an earlier
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -17,18 +18,20 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from gateway.fitconnect.jose import JoseError, parse_jwe
+from gateway.fitconnect.jose import JoseError, b64url_decode, parse_jwe
 
 # OpenAPI 1.1.3: Attachment / SubmitSubmission pattern ^[a-zA-Z0-9-_=.]+$
 _ALPHABET_RE = re.compile(rb"[A-Za-z0-9_=.\-]*")
 JWE_PATTERN_RE = re.compile(r"^[a-zA-Z0-9-_=.]+$")
 # Bounds for the small segments (header, encrypted key, iv, tag); the ciphertext is unbounded.
 _MAX_SMALL_SEGMENT = 32 * 1024
+CTY_VALUES = ("application/json", "application/xml")
 
 
 class JWEShapeError(Exception):
     """``code`` is ``pattern`` (characters outside the allowed alphabet / empty), ``segments`` (not
-    five non-empty dot-separated parts) or ``profile`` (not RSA-OAEP-256/A256GCM with a 16-byte tag)."""
+    five non-empty dot-separated parts), ``profile`` (not RSA-OAEP-256/A256GCM with a 16-byte tag) or
+    ``header`` (a v2 header rule: ``cty`` required, ``zip`` forbidden)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -39,8 +42,9 @@ class JWEShapeError(Exception):
 class JWEScanner:
     """Feeds a compact JWE chunk by chunk; keeps only the small segments."""
 
-    def __init__(self, *, check_profile: bool) -> None:
+    def __init__(self, *, check_profile: bool, header_rules: tuple[str, ...] = ()) -> None:
         self.check_profile = check_profile
+        self.header_rules = header_rules  # "cty": cty required; "no-zip": zip forbidden
         self.segments: list[bytearray] = [bytearray()]
         self.ciphertext_chars = 0
         self.size = 0
@@ -70,6 +74,8 @@ class JWEScanner:
         for i in (0, 1, 2, 4):
             if not self.segments[i]:
                 raise JWEShapeError("segments", f"JWE segment {i + 1} is empty")
+        if self.header_rules:
+            self._check_header()
         if self.check_profile:
             if self.ciphertext_chars % 4 == 1:
                 raise JWEShapeError("profile", "ciphertext has an impossible base64url length")
@@ -80,10 +86,22 @@ class JWEScanner:
                 raise JWEShapeError("profile", f"{exc.code}: {exc.message}") from None
         return self.segments[4].decode("ascii")
 
+    def _check_header(self) -> None:
+        try:
+            header = json.loads(b64url_decode(self.segments[0].decode("ascii"), what="protected header"))
+        except (JoseError, ValueError):
+            raise JWEShapeError("header", "Invalid JWE Header: not base64url-encoded JSON") from None
+        if not isinstance(header, dict):
+            raise JWEShapeError("header", "Invalid JWE Header: not a JSON object")
+        if "no-zip" in self.header_rules and "zip" in header:
+            raise JWEShapeError("header", "Invalid JWE Header 'zip': compression is not allowed")
+        if "cty" in self.header_rules and header.get("cty") not in CTY_VALUES:
+            raise JWEShapeError("header", f"Invalid JWE Header 'cty': must be one of {', '.join(CTY_VALUES)}")
 
-def check_compact_jwe(value: str, *, check_profile: bool) -> str:
+
+def check_compact_jwe(value: str, *, check_profile: bool, header_rules: tuple[str, ...] = ()) -> str:
     """Shape check of an in-memory JWE (metadata, data); returns its authentication tag."""
-    scanner = JWEScanner(check_profile=check_profile)
+    scanner = JWEScanner(check_profile=check_profile, header_rules=header_rules)
     try:
         scanner.feed(value.encode("ascii"))
     except UnicodeEncodeError:

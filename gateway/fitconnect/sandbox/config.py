@@ -131,6 +131,8 @@ class SandboxConfig:
     # 16-byte tag). Off by default: the real v1 ZSD stores JWEs opaquely, and gateway tests need to
     # send off-profile JWEs through the sandbox.
     check_jwe_profile: bool = False
+    # "v1" is OpenAPI 1.1.3; "v2" the profile of digest §2.10 (third-party evidence), see profiles.py.
+    api_versions: tuple[str, ...] = ("v1", "v2")
     limits: Limits = Limits()
     periods: Periods = Periods()
     callbacks: CallbackPolicy = CallbackPolicy()
@@ -144,6 +146,8 @@ class SandboxConfig:
                 problem = callback_url_problem(dest.callback.url, self.allow_insecure_callbacks)
                 if problem:
                     errors.append(ConfigError(problem, key=f"destinations[{i}].callback.url", file=self.source))
+        if not self.api_versions or not set(self.api_versions) <= {"v1", "v2"}:
+            errors.append(ConfigError('must be "v1" and/or "v2"', key="sandbox.api_versions", file=self.source))
         ids = [d.id for d in self.destinations]
         for dup in sorted({i for i in ids if ids.count(i) > 1}):
             errors.append(ConfigError(f"destination {dup} is defined twice", key="destinations", file=self.source))
@@ -394,6 +398,14 @@ def _client(raw: Any, key: str, base_dir: Path, errs: _Errors) -> ClientConfig:
     return ClientConfig(client_id, secret, tuple(scopes), tuple(links))
 
 
+def _api_versions(t: Mapping[str, Any], errs: _Errors) -> tuple[str, ...]:
+    versions = _str_list(t, "api_versions", "sandbox", errs) if "api_versions" in t else ["v1", "v2"]
+    if not versions or any(v not in ("v1", "v2") for v in versions) or len(set(versions)) != len(versions):
+        errs.add("sandbox.api_versions", 'must be a non-empty list of "v1" and/or "v2"')
+        return ("v1", "v2")
+    return tuple(versions)
+
+
 def parse_config(raw: Mapping[str, Any], *, file: Path) -> SandboxConfig:
     errs = _Errors(str(file))
     base_dir = file.parent
@@ -411,6 +423,7 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> SandboxConfig:
             "inspection_api",
             "verify_accept_tags",
             "check_jwe_profile",
+            "api_versions",
             "limits",
             "periods",
             "callbacks",
@@ -469,6 +482,7 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> SandboxConfig:
         inspection_api=_get(s, "inspection_api", bool, True, "sandbox", errs),
         verify_accept_tags=_get(s, "verify_accept_tags", bool, True, "sandbox", errs),
         check_jwe_profile=_get(s, "check_jwe_profile", bool, False, "sandbox", errs),
+        api_versions=_api_versions(s, errs),
         limits=limits,
         periods=periods,
         callbacks=policy,

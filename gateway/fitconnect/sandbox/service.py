@@ -1,6 +1,6 @@
 """The Zustelldienst's domain logic, shared by the Submission API, the inspection API and the timers.
 
-HTTP parsing lives in :mod:`.api_v1` / :mod:`.inspection`; everything here works on validated
+HTTP parsing lives in :mod:`.api` / :mod:`.inspection`; everything here works on validated
 values and raises :class:`~.problems.ProblemError` for answers the specification defines.
 """
 
@@ -59,11 +59,11 @@ TAMPER_MODES = (
 ROGUE_KEY_BITS = 2048  # any key other than the published one makes the signature fail
 
 
-def public_destination(d: DestinationConfig) -> dict[str, Any]:
+def public_destination(d: DestinationConfig, services_field: str = "services") -> dict[str, Any]:
     out: dict[str, Any] = {
         "destinationId": d.id,
         "status": d.status,
-        "services": [s.as_api() for s in d.services],
+        services_field: [s.as_api() for s in d.services],
         "encryptionKid": d.encryption_kid,
         "metadataVersions": list(d.metadata_versions),
     }
@@ -72,8 +72,8 @@ def public_destination(d: DestinationConfig) -> dict[str, Any]:
     return out
 
 
-def private_destination(d: DestinationConfig) -> dict[str, Any]:
-    out = public_destination(d)
+def private_destination(d: DestinationConfig, services_field: str = "services") -> dict[str, Any]:
+    out = public_destination(d, services_field)
     out["contactInformation"] = dict(d.contact_information)
     if d.callback is not None:
         out["callback"] = {"url": d.callback.url}
@@ -314,14 +314,17 @@ class Sandbox:
             "submissions": [s.for_pickup() for s in page],
         }
 
-    def submission_view(self, sub: SubmissionRecord) -> dict[str, Any]:
-        out = sub.reduced()
+    def submission_view(self, sub: SubmissionRecord, service_field: str = "serviceType") -> dict[str, Any]:
+        out = sub.reduced(service_field)
         out["encryptedMetadata"] = self.blobs.read_text(sub.id, "metadata")
         if sub.has_data:
             out["encryptedData"] = self.blobs.read_text(sub.id, "data")
         return out
 
-    def event_log(self, grant: Grant, case_id: str, limit: int, offset: int) -> dict[str, Any]:
+    def event_log(
+        self, grant: Grant, case_id: str, limit: int, offset: int, *, submission_id: str | None = None
+    ) -> dict[str, Any]:
+        """The case's log, or (v2 ``/submissions/{id}/events``) only the events about one submission."""
         case = self.case(case_id)
         creators = {s.client_id for s in self.state.case_submissions(case_id)}
         if not (
@@ -330,11 +333,12 @@ class Sandbox:
             or grant.client_id in creators
         ):
             raise ProblemError(403, "forbidden", "token may not read this case's event log")
-        page = case.events[offset : offset + limit]
+        events = [e for e in case.events if submission_id is None or e.submission_id == submission_id]
+        page = events[offset : offset + limit]
         return {
             "count": len(page),
             "offset": offset,
-            "totalCount": len(case.events),
+            "totalCount": len(events),
             "eventLog": [e.token for e in page],
         }
 

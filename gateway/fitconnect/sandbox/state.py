@@ -51,14 +51,14 @@ class SubmissionRecord:
     # authenticationTags as recorded in the submit-submission SET (what a correct accept repeats)
     tags: dict[str, Any] | None = None
 
-    def reduced(self) -> dict[str, Any]:
-        """SubmissionReduced (OpenAPI 1.1.3)."""
+    def reduced(self, service_field: str = "serviceType") -> dict[str, Any]:
+        """SubmissionReduced (OpenAPI 1.1.3; v2 names the service ``publicService``)."""
         out: dict[str, Any] = {
             "destinationId": self.destination_id,
             "submissionId": self.id,
             "caseId": self.case_id,
             "attachments": [a for a in self.announced if a in self.uploaded],
-            "serviceType": dict(self.service_type),
+            service_field: dict(self.service_type),
         }
         if self.callback_url:
             out["callback"] = {"url": self.callback_url}

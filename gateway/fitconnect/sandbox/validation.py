@@ -123,15 +123,17 @@ def service_identifier(value: Any, where: str) -> str:
     return value
 
 
-def service_type(raw: Any) -> dict[str, str]:
-    """CreateSubmission.serviceType: name and identifier required, description optional."""
+def service_type(raw: Any, field: str = "serviceType") -> dict[str, str]:
+    """CreateSubmission.serviceType (v2: publicService): name and identifier required, description optional."""
     if not isinstance(raw, dict):
-        raise bad_request("serviceType must be an object with name and identifier")
+        raise bad_request(f"{field} must be an object with name and identifier")
     if "identifier" not in raw:
-        raise bad_request("serviceType.identifier is required")
+        raise bad_request(f"{field}.identifier is required")
+    if "name" not in raw:
+        raise bad_request(f"{field}.name is required")
     out = {
         "name": string_field(raw, "name") or "",
-        "identifier": service_identifier(raw.get("identifier"), "serviceType.identifier"),
+        "identifier": service_identifier(raw.get("identifier"), f"{field}.identifier"),
     }
     description = string_field(raw, "description", required=False)
     if description is not None:

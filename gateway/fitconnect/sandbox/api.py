@@ -1,4 +1,8 @@
-"""Submission API v1 (OpenAPI 1.1.3) and the OAuth token endpoint, as aiohttp handlers."""
+"""Submission API v1 (OpenAPI 1.1.3), the optional v2 profile and the OAuth token endpoint.
+
+Versioned handlers are registered once per enabled profile (``/v1/...``, ``/v2/...``) and ask
+:func:`_profile` which generation a request uses; see :mod:`.profiles` for what differs.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from aiohttp import web
 
 from gateway.fitconnect.sandbox.appkeys import SANDBOX
 from gateway.fitconnect.sandbox.blobs import JWEScanner, JWEShapeError, PayloadTooLarge, check_compact_jwe
+from gateway.fitconnect.sandbox.config import REGION_RE
 from gateway.fitconnect.sandbox.problems import ProblemError, bad_request
+from gateway.fitconnect.sandbox.profiles import PROFILES, V1, Profile
 from gateway.fitconnect.sandbox.scopes import Grant
 from gateway.fitconnect.sandbox.service import Sandbox, private_destination, public_destination
 from gateway.fitconnect.sandbox.tokens import InvalidToken, OAuthError
@@ -41,7 +47,29 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 TOKEN_BODY_LIMIT = 16 * 1024
 
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # unversioned: token endpoint, JWKS
+versioned = web.RouteTableDef()  # paths without the /v1 or /v2 prefix
+V2_ONLY = {"/submissions/{submissionId}/events"}
+
+
+def add_api_routes(app: web.Application, versions: tuple[str, ...]) -> None:
+    app.add_routes(routes)
+    for name in versions:
+        profile = PROFILES[name]
+        for route in versioned:
+            assert isinstance(route, web.RouteDef)
+            if route.path in V2_ONLY and profile is V1:
+                continue
+            app.router.add_route(route.method, profile.prefix + route.path, route.handler)
+
+
+def _profile(request: web.Request) -> Profile:
+    """The request's API generation; v2 refuses requests without User-Agent like the real bot filter."""
+    path = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
+    profile = PROFILES["v2"] if path.startswith("/v2/") else V1
+    if profile.require_user_agent and not request.headers.get("User-Agent", "").strip():
+        raise ProblemError(403, "forbidden", "a User-Agent header is required")
+    return profile
 
 
 def _sandbox(request: web.Request) -> Sandbox:
@@ -119,8 +147,9 @@ async def token(request: web.Request) -> web.Response:
 # Technical
 
 
-@routes.get("/v1/info")
+@versioned.get("/info")
 async def info(request: web.Request) -> web.Response:
+    _profile(request)
     return _json({"version": API_VERSION})
 
 
@@ -133,8 +162,9 @@ async def jwks(request: web.Request) -> web.Response:
 # Destinations
 
 
-@routes.get("/v1/destinations")
+@versioned.get("/destinations")
 async def list_destinations(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     mine = sorted(grant.subscribed | grant.managed)
@@ -148,26 +178,28 @@ async def list_destinations(request: web.Request) -> web.Response:
             "count": len(page),
             "offset": offset,
             "totalCount": len(known),
-            "destinations": [private_destination(d) for d in page],
+            "destinations": [private_destination(d, profile.services_field) for d in page],
         },
         headers=NO_CACHE,
     )
 
 
-@routes.get("/v1/destinations/{destinationId}")
+@versioned.get("/destinations/{destinationId}")
 async def get_destination(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     destination_id = path_uuid(request, "destinationId", status=404)
     dest = _sandbox(request).destination(destination_id)
     if grant.can_subscribe(dest.id) or grant.can_manage(dest.id):
-        return _json(private_destination(dest), headers=NO_CACHE)
+        return _json(private_destination(dest, profile.services_field), headers=NO_CACHE)
     if grant.can_send_to(dest):
-        return _json(public_destination(dest), headers=NO_CACHE)
+        return _json(public_destination(dest, profile.services_field), headers=NO_CACHE)
     raise ProblemError(403, "forbidden", "no scope of the token covers this destination")
 
 
-@routes.patch("/v1/destinations/{destinationId}")
+@versioned.patch("/destinations/{destinationId}")
 async def patch_destination(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     destination_id = path_uuid(request, "destinationId")
@@ -180,8 +212,8 @@ async def patch_destination(request: web.Request) -> web.Response:
         changes["status"] = destination_status(body["status"], allow_created=False)
     if "contactInformation" in body:
         changes["contact_information"] = contact_information(body["contactInformation"])
-    if "services" in body:
-        changes["services"] = destination_services(body["services"])
+    if profile.services_field in body:
+        changes["services"] = destination_services(body[profile.services_field])
     if "callback" in body:
         from gateway.fitconnect.sandbox.config import CallbackConfig
 
@@ -194,11 +226,12 @@ async def patch_destination(request: web.Request) -> web.Response:
     if "metadataVersions" in body:
         changes["metadata_versions"] = metadata_versions(body["metadataVersions"])
     dest = sandbox.update_destination(destination_id, **changes)
-    return _json(private_destination(dest), headers=NO_CACHE)
+    return _json(private_destination(dest, profile.services_field), headers=NO_CACHE)
 
 
-@routes.post("/v1/destinations/{destinationId}/keys")
+@versioned.post("/destinations/{destinationId}/keys")
 async def add_destination_key(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     destination_id = path_uuid(request, "destinationId")
@@ -207,13 +240,14 @@ async def add_destination_key(request: web.Request) -> web.Response:
         raise ProblemError(403, "forbidden", "token has no manage scope for this destination")
     jwk = await read_json_object(request, sandbox.config.limits.max_json_bytes, content_type_status=400)
     sandbox.add_key(destination_id, jwk)
-    location = f"/v1/destinations/{destination_id}/keys/{jwk['kid']}"
+    location = f"{profile.prefix}/destinations/{destination_id}/keys/{jwk['kid']}"
     return web.Response(status=201, headers={"Location": location, **NO_CACHE})
 
 
-@routes.get("/v1/destinations/{destinationId}/keys/{keyId}")
+@versioned.get("/destinations/{destinationId}/keys/{keyId}")
 async def get_destination_key(request: web.Request) -> web.Response:
     # Public: the OpenAPI lists no security for this endpoint.
+    _profile(request)
     destination_id = path_uuid(request, "destinationId", status=404)
     jwk = _sandbox(request).find_key(destination_id, request.match_info["keyId"])
     return _json(jwk, headers=NO_CACHE)
@@ -223,8 +257,9 @@ async def get_destination_key(request: web.Request) -> web.Response:
 # Submissions (sender)
 
 
-@routes.post("/v1/submissions")
+@versioned.post("/submissions")
 async def create_submission(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     # The OpenAPI lists no 415 here: a wrong Content-Type is a Bad Request.
@@ -233,9 +268,14 @@ async def create_submission(request: web.Request) -> web.Response:
     if "announcedAttachments" not in body:
         raise bad_request("announcedAttachments is required (may be empty)")
     announced = announced_attachments(body["announcedAttachments"], sandbox.config.limits.max_attachments)
-    if "serviceType" not in body:
-        raise bad_request("serviceType is required")
-    stype = service_type(body["serviceType"])
+    field = profile.service_field
+    if field not in body:
+        raise bad_request(f"{field} is required")
+    stype = service_type(body[field], field)
+    if profile is not V1 and "region" in body:
+        region = body["region"]
+        if not isinstance(region, str) or not REGION_RE.match(region):
+            raise bad_request("region must be DE followed by up to 12 digits")
     case_id = uuid_field(body, "caseId", required=False)
     callback = (
         create_callback(body["callback"], allow_insecure=sandbox.config.allow_insecure_callbacks)
@@ -251,11 +291,14 @@ async def create_submission(request: web.Request) -> web.Response:
         case_id=case_id,
         callback=callback,
     )
-    return _json({"destinationId": sub.destination_id, "submissionId": sub.id, "caseId": sub.case_id}, status=201)
+    if profile is V1:
+        return _json({"destinationId": sub.destination_id, "submissionId": sub.id, "caseId": sub.case_id}, status=201)
+    return _json({"submissionId": sub.id, "caseId": sub.case_id}, status=201)
 
 
-@routes.put("/v1/submissions/{submissionId}/attachments/{attachmentId}")
+@versioned.put("/submissions/{submissionId}/attachments/{attachmentId}")
 async def put_attachment(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     submission_id = path_uuid(request, "submissionId")
@@ -266,7 +309,9 @@ async def put_attachment(request: web.Request) -> web.Response:
     limit = sandbox.config.limits.max_attachment_bytes
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
-    scanner = JWEScanner(check_profile=sandbox.config.check_jwe_profile)
+    scanner = JWEScanner(
+        check_profile=sandbox.config.check_jwe_profile, header_rules=_header_rules(profile, needs_cty=False)
+    )
     try:
         _, tag = await sandbox.blobs.write_stream(
             sub.id, f"attachment:{attachment_id}", request.content.iter_chunked(READ_CHUNK), scanner, limit
@@ -285,14 +330,21 @@ async def put_attachment(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _header_rules(profile: Profile, *, needs_cty: bool) -> tuple[str, ...]:
+    if not profile.strict_jwe_headers:
+        return ()
+    return ("no-zip", "cty") if needs_cty else ("no-zip",)
+
+
 def _jwe_problem(exc: JWEShapeError, what: str) -> ProblemError:
     if exc.code == "pattern":
         return bad_request(f"{what}: {exc.message}")
     return ProblemError(422, "invalid-jwe", f"{what}: {exc.message}")
 
 
-@routes.put("/v1/submissions/{submissionId}")
+@versioned.put("/submissions/{submissionId}")
 async def submit_submission(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     submission_id = path_uuid(request, "submissionId")
@@ -302,26 +354,28 @@ async def submit_submission(request: web.Request) -> web.Response:
     data = string_field(body, "encryptedData", required=False, min_len=1)
     assert metadata is not None
     check_profile = sandbox.config.check_jwe_profile
+    rules = _header_rules(profile, needs_cty=True)
     try:
-        metadata_tag = check_compact_jwe(metadata, check_profile=check_profile)
+        metadata_tag = check_compact_jwe(metadata, check_profile=check_profile, header_rules=rules)
     except JWEShapeError as exc:
         raise _jwe_problem(exc, "encryptedMetadata") from None
     data_tag = None
     if data is not None:
         try:
-            data_tag = check_compact_jwe(data, check_profile=check_profile)
+            data_tag = check_compact_jwe(data, check_profile=check_profile, header_rules=rules)
         except JWEShapeError as exc:
             raise _jwe_problem(exc, "encryptedData") from None
     sub = sandbox.submit(grant, submission_id, metadata=metadata, data=data, tags=(metadata_tag, data_tag))
-    return _json(sub.reduced(), status=202)
+    return _json(sub.reduced(profile.service_field), status=profile.submit_status)
 
 
 # --------------------------------------------------------------------------------------------------
 # Submissions (subscriber)
 
 
-@routes.get("/v1/submissions")
+@versioned.get("/submissions")
 async def list_submissions(request: web.Request) -> web.Response:
+    _profile(request)
     grant = _grant(request)
     destination_id = None
     if "destinationId" in request.query:
@@ -330,16 +384,18 @@ async def list_submissions(request: web.Request) -> web.Response:
     return _json(_sandbox(request).pickup(grant, destination_id, limit, offset))
 
 
-@routes.get("/v1/submissions/{submissionId}")
+@versioned.get("/submissions/{submissionId}")
 async def get_submission(request: web.Request) -> web.Response:
+    profile = _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     sub = sandbox.readable_submission(grant, path_uuid(request, "submissionId"))
-    return _json(sandbox.submission_view(sub))
+    return _json(sandbox.submission_view(sub, profile.service_field))
 
 
-@routes.get("/v1/submissions/{submissionId}/attachments/{attachmentId}")
+@versioned.get("/submissions/{submissionId}/attachments/{attachmentId}")
 async def get_attachment(request: web.Request) -> web.StreamResponse:
+    _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     sub = sandbox.readable_submission(grant, path_uuid(request, "submissionId"))
@@ -355,16 +411,29 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
 # Event log
 
 
-@routes.get("/v1/cases/{caseId}/events")
+@versioned.get("/cases/{caseId}/events")
 async def get_events(request: web.Request) -> web.Response:
+    _profile(request)
     grant = _grant(request)
     case_id = path_uuid(request, "caseId", status=404)
     limit, offset = _page(request)
     return _json(_sandbox(request).event_log(grant, case_id, limit, offset))
 
 
-@routes.post("/v1/cases/{caseId}/events")
+@versioned.get("/submissions/{submissionId}/events")
+async def get_submission_events(request: web.Request) -> web.Response:
+    """v2: the events about one submission (same access rules as the case's log)."""
+    _profile(request)
+    grant = _grant(request)
+    sandbox = _sandbox(request)
+    sub = sandbox.submission(path_uuid(request, "submissionId"))
+    limit, offset = _page(request)
+    return _json(sandbox.event_log(grant, sub.case_id, limit, offset, submission_id=sub.id))
+
+
+@versioned.post("/cases/{caseId}/events")
 async def post_event(request: web.Request) -> web.Response:
+    _profile(request)
     grant = _grant(request)
     sandbox = _sandbox(request)
     case_id = path_uuid(request, "caseId")
