@@ -109,12 +109,50 @@ def safe_exception(_logger: Any, _name: str, event_dict: MutableMapping[str, Any
     return event_dict
 
 
+def foreign_event(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Standard-library records (aiohttp, asyncio, ...): keep only the first line of the format string.
+
+    Arguments, and whatever a library formatted into its message (asyncio appends the failed task's
+    repr, exception message included), may carry payload data; the static first line does not.
+    """
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord):
+        message = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+        event_dict["event"] = message.split("\n", 1)[0][:200]
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+class GatewayLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler installed by :func:`configure_logging` (replaced when it runs again)."""
+
+
 def configure_logging(*, format: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=True)
         if format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # Libraries log through the standard library: route them into the same stream, through the
+    # same filters (otherwise they would print plain text, exception messages included).
+    handler = GatewayLogHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                foreign_event,
+                safe_exception,
+                allow_list,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, GatewayLogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, getattr(logging, level.upper())))  # no third-party info chatter
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
