@@ -7,6 +7,7 @@ import asyncio
 import io
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import gateway_filesystem
 from core.support import FakeSourcePlugin, ScriptedPlugin, incoming, write_config
 from gateway.adapters.base import Delivery, DeliveryResult
 from gateway.config import load_config
-from gateway.logs import REDACTED, configure_logging
+from gateway.logs import REDACTED, GatewayLogHandler, configure_logging
 from gateway.model import MessageState, RoutingKeys
 from gateway.plugins import PluginHost
 from gateway.runtime import build_runtime
@@ -65,7 +66,14 @@ def log_stream() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     configure_logging(format="json", level="debug", stream=stream)
     yield stream
+    reset_logging()
+
+
+def reset_logging() -> None:
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, GatewayLogHandler)]:
+        root.removeHandler(handler)
 
 
 def parsed_lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -199,5 +207,25 @@ def test_debug_level_is_filtered_at_info(tmp_path: Path) -> None:
         structlog.get_logger("test").debug("noise")
         structlog.get_logger("test").info("signal")
     finally:
-        structlog.reset_defaults()
+        reset_logging()
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["signal"]
+
+
+def test_stdlib_logging_goes_through_the_same_filters(log_stream: io.StringIO) -> None:
+    # Libraries (aiohttp, asyncio, ...) log through the standard library: same stream, same rules.
+    logging.getLogger("somelib").warning("lookup failed for %s", NAME)
+    try:
+        raise ValueError(f"bad IBAN {IBAN}")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    logging.getLogger("asyncio").error(
+        f"Task exception was never retrieved\nfuture: <Task finished exception=ValueError('{NAME}')>"
+    )
+    lines = assert_clean(log_stream)
+    assert [(line["event"], line["logger"], line["level"]) for line in lines] == [
+        ("lookup failed for %s", "somelib", "warning"),
+        ("Error handling request", "aiohttp.server", "error"),
+        ("Task exception was never retrieved", "asyncio", "error"),
+    ]
+    assert lines[1]["error_type"] == "builtins.ValueError"
+    assert "timestamp" in lines[0]
