@@ -115,6 +115,10 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _strings(value: list[Any]) -> str | None:
+    return None if all(isinstance(item, str) for item in value) else "expected a list of strings"
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySection:
     mode: Literal["test", "production"] = "test"
@@ -368,8 +372,8 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> GatewayConfig:
 
     p = root.table("plugins")
     plugins = PluginsSection(
-        allow=tuple(p.get("allow", list, [])),
-        block=tuple(p.get("block", list, [])),
+        allow=tuple(p.get("allow", list, [], check=_strings)),
+        block=tuple(p.get("block", list, [], check=_strings)),
     )
     p.finish()
 
