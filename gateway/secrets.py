@@ -63,6 +63,9 @@ def secret_resolver(base_dir: Path) -> Any:
     def resolve(options: Mapping[str, Any], key: str) -> str | None:
         if key not in options:
             return None
-        return parse_secret_ref(options[key], key=key, base_dir=base_dir).resolve()
+        try:
+            return parse_secret_ref(options[key], key=key, base_dir=base_dir).resolve()
+        except ConfigError as exc:  # resolution errors carry no key: name the option
+            raise exc if exc.key else ConfigError(exc.reason, key=key) from None
 
     return resolve
