@@ -112,6 +112,11 @@ allow = "filesystem"
     assert reasons["routes[0].retry"] == "expected str, got int"
 
 
+def test_plugin_lists_hold_strings(tmp_path: Path) -> None:
+    reasons = keyed(errors_of(tmp_path, MINIMAL + '[plugins]\nallow = ["filesystem", 1]\nblock = [true]\n'))
+    assert reasons == {"plugins.allow": "expected a list of strings", "plugins.block": "expected a list of strings"}
+
+
 def test_table_expected(tmp_path: Path) -> None:
     assert keyed(errors_of(tmp_path, "http = 5\n" + MINIMAL)) == {"http": "expected a table"}
 
@@ -313,6 +318,9 @@ def test_secret_resolution_errors_never_contain_values(tmp_path: Path, monkeypat
     assert info.value.key == "token"
     assert SECRET not in str(info.value)
     assert resolve({}, "token") is None
+    with pytest.raises(ConfigError) as info:  # a failed resolution names the option too
+        resolve({"token": {"env": "GW_TEST_UNSET"}}, "token")
+    assert (info.value.key, info.value.reason) == ("token", "environment variable GW_TEST_UNSET is not set")
     monkeypatch.setenv("GW_TEST_TOKEN", SECRET)
     assert resolve({"token": {"env": "GW_TEST_TOKEN"}}, "token") == SECRET
 
