@@ -60,7 +60,7 @@ def add_api_routes(app: web.Application, versions: tuple[str, ...]) -> None:
             assert isinstance(route, web.RouteDef)
             if route.path in V2_ONLY and profile is V1:
                 continue
-            app.router.add_route(route.method, profile.prefix + route.path, route.handler)
+            app.router.add_route(route.method, profile.prefix + route.path, route.handler, **route.kwargs)
 
 
 def _profile(request: web.Request) -> Profile:

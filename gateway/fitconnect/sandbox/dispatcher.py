@@ -26,7 +26,13 @@ import structlog
 from gateway.fitconnect.callbacks import HEADER_AUTHENTICATION, HEADER_TIMESTAMP, sign_callback
 from gateway.fitconnect.sandbox.clock import SandboxClock
 from gateway.fitconnect.sandbox.config import CallbackPolicy
-from gateway.fitconnect.sandbox.state import DeliveryAttempt, DeliveryRecord, SandboxState, SubmissionRecord
+from gateway.fitconnect.sandbox.state import (
+    MAX_DELIVERY_LOG,
+    DeliveryAttempt,
+    DeliveryRecord,
+    SandboxState,
+    SubmissionRecord,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +84,11 @@ class CallbackDispatcher:
         )
         record.faults = self.state.faults.active()
         self.state.deliveries.append(record)
+        if len(self.state.deliveries) > MAX_DELIVERY_LOG:  # keep the log bounded; never drop pending ones
+            excess = len(self.state.deliveries) - MAX_DELIVERY_LOG
+            finished = [d for d in self.state.deliveries if d.state != "pending"][:excess]
+            drop = {d.id for d in finished}
+            self.state.deliveries = [d for d in self.state.deliveries if d.id not in drop]
         self._due[record.id] = 0.0
         self._idle.clear()
         self._wake.set()

@@ -227,7 +227,7 @@ class SandboxState:
             "submissions": [dataclasses.asdict(s) for s in self.submissions.values()],
             "cases": [dataclasses.asdict(c) for c in self.cases.values()],
             "jtis": sorted(self.jtis),
-            "deliveries": [dataclasses.asdict(d) for d in self.deliveries[-MAX_DELIVERY_LOG:]],
+            "deliveries": [dataclasses.asdict(d) for d in self.deliveries],
             "faults": dataclasses.asdict(self.faults),
             "clockOffset": self.clock_offset,
             "tokenGeneration": self.token_generation,
