@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from gateway.adapters.base import AdapterContext, AdapterType, Delivery, DeliveryResult
 from gateway.config import GatewayConfig, load_config
 from gateway.delivery.acks import AckWorker
@@ -179,6 +181,14 @@ class FakeSourcePlugin:
         source = FakeSource(ctx.name, policy)
         self.instances[ctx.name] = source
         self.contexts[ctx.name] = ctx
+
+        async def intake(request: web.Request) -> web.Response:  # a public channel route
+            body = await request.read()
+            if request.query.get("fail"):
+                raise RuntimeError(f"cannot parse {body[:40]!r}")
+            return web.json_response({"size": len(body)})
+
+        ctx.add_routes([web.post(f"/{ctx.name}/intake", intake)])
         return source
 
 

@@ -31,6 +31,7 @@ IBAN = "DE02120300000000202051"
 CONFIG = """
 [http]
 admin_token = { file = "admin.token" }
+max_body_bytes = 4096
 
 [delivery]
 poll_interval = 0.02
@@ -271,6 +272,21 @@ async def test_admin_responses_carry_no_payload_or_metadata(gw: Gateway) -> None
     assert [p["name"] for p in shown["parts"]] == ["data", "attachment:1"]
     assert shown["parts"][0]["sha512"] == data.sha512
     assert "filename" not in shown["parts"][1]
+
+
+async def test_channel_routes_body_limit_and_errors(gw: Gateway) -> None:
+    ok = await gw.client.post("/fit/intake", data=b"x" * 4096)
+    assert ok.status == 200
+    assert await ok.json() == {"size": 4096}
+    big = await gw.client.post("/fit/intake", data=b"x" * 4097)
+    assert big.status == 413
+    assert big.content_type == "application/problem+json"
+    assert (await big.json())["type"].endswith("/payload-too-large")
+    failed = await gw.client.post("/fit/intake?fail=1", data=NAME.encode())
+    body = await failed.text()
+    assert failed.status == 500
+    assert NAME not in body
+    assert json.loads(body)["type"].endswith("/internal-error")
 
 
 async def test_unknown_path_is_a_problem(gw: Gateway) -> None:
