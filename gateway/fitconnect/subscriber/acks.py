@@ -92,7 +92,7 @@ class Acknowledger:
                 source=self.options.name,
                 submission_id=submission_id,
                 status=status,
-                problem=summary,
+                reason=summary,
             )
             return AckResult(False, f"Zustelldienst refused the SET (HTTP {status}: {summary})", permanent=True)
         return AckResult(False, f"Zustelldienst answered HTTP {status} ({summary})")
@@ -120,7 +120,7 @@ class Acknowledger:
                     "fitconnect_auto_rejected_after_delivery",
                     source=self.options.name,
                     submission_id=submission_id,
-                    hint="the application was delivered, but the Zustelldienst rejected it (collection period expired)",
+                    reason="delivered, but the Zustelldienst rejected it (collection period expired)",
                 )
             return AckResult(
                 True,
@@ -133,7 +133,7 @@ class Acknowledger:
             "fitconnect_outcome_conflict",
             source=self.options.name,
             submission_id=submission_id,
-            wanted=outcome.value,
-            upstream=what,
+            outcome=outcome.value,
+            state=what,
         )
         return AckResult(True, f"upstream already {what} by {who}; {outcome.value} not possible", permanent=True)

@@ -79,9 +79,9 @@ def callback_handler(
         kind = parsed.get("type") if isinstance(parsed, dict) else None
         if kind == CALLBACK_NEW_SUBMISSIONS:
             trigger()
-            log.info("fitconnect_callback", source=name, type="new-submissions")
+            log.info("fitconnect_callback", source=name, reason="new-submissions")
         elif kind == CALLBACK_NEW_EVENTS:
-            log.info("fitconnect_callback", source=name, type="new-events")  # sender-side news: nothing to do
+            log.info("fitconnect_callback", source=name, reason="new-events")  # sender-side news: nothing to do
         else:
             ignored("malformed" if parsed is None or not isinstance(kind, str) else "unknown-type")
         return web.json_response({"status": "ok"})

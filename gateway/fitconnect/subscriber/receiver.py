@@ -367,7 +367,8 @@ class Receiver:
                 "fitconnect_submission_refused",
                 source=self.options.name,
                 submission_id=found.submission_id,
-                problems=[p.type.rsplit("/", 1)[-1] + (f"@{p.instance}" if p.instance else "") for p in found.problems],
+                problem_types=sorted({p.type.rsplit("/", 1)[-1] for p in found.problems}),
+                instances=sorted({p.instance or "" for p in found.problems}),
             )
         return IncomingMessage(
             source=SourceRef(

@@ -88,7 +88,7 @@ class FitConnectSource:
             except ApiError as exc:
                 failures += 1
                 delay = min(self.options.poll_interval, 2.0 ** min(failures, 10))
-                log.warning("fitconnect_poll_failed", source=self.name, error=str(exc), retry_in=round(delay, 1))
+                log.warning("fitconnect_poll_failed", source=self.name, reason=str(exc), delay_s=round(delay, 1))
             delay *= random.uniform(1 - JITTER, 1 + JITTER)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -142,7 +142,7 @@ class FitConnectSource:
         self.last_poll_ok, self.last_poll_error, self.last_poll_at = True, "", time.time()
         self.ctx.metrics.polls.labels(self.name, "ok").inc()
         if queued:
-            log.info("fitconnect_poll", source=self.name, queued=queued)
+            log.info("fitconnect_poll", source=self.name, count=queued)
         return queued
 
     async def _enqueue(self, item: Any) -> bool:
@@ -197,18 +197,18 @@ class FitConnectSource:
                 log.info("fitconnect_submission_skipped", reason=str(exc))
                 return False
             except ApiError as exc:
-                log.warning("fitconnect_receive_deferred", error=str(exc))
+                log.warning("fitconnect_receive_deferred", reason=str(exc))
                 return False
             try:
                 result = await self.ctx.intake.receive(incoming)
             except IntakeClosed:
-                log.info("fitconnect_receive_deferred", error="gateway is draining")
+                log.info("fitconnect_receive_deferred", reason="gateway is draining")
                 return False
             log.info(
                 "fitconnect_submission_received",
                 message_id=result.message.envelope.id,
-                created=result.created,
-                problems=len(incoming.problems),
+                outcome="stored" if result.created else "duplicate",
+                count=len(incoming.problems),
             )
             return result.created
 
