@@ -17,18 +17,19 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 from aiohttp import web
 
 from gateway.config import load_config
 from gateway.fitconnect.jose import auth_tag, encrypt_jwe
-from gateway.fitconnect.keys import KeySetPaths, generate_key_set, load_public_jwk
+from gateway.fitconnect.keys import KeySetPaths, PrivateJWK, generate_key_set, load_public_jwk
 from gateway.fitconnect.sender import (
     Breakage,
     OutgoingAttachment,
@@ -38,6 +39,7 @@ from gateway.fitconnect.sender import (
     prepare_submission,
 )
 from gateway.fitconnect.sets import EVENT_PREFIX
+from gateway.fitconnect.subscriber import options as options_module
 from gateway.http.app import create_app
 from gateway.model import MessageState
 from gateway.runtime import Runtime, build_runtime
@@ -113,6 +115,23 @@ async def eventually(predicate: Callable[[], Any], *, within: float = 20.0, what
             break
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+_LOADED_KEYS: dict[str, PrivateJWK] = {}
+
+
+@contextmanager
+def cached_key_loading() -> Iterator[None]:
+    """Each JWK file is loaded (and its RSA-4096 key checked, ~0.3 s) once per test process."""
+    real = options_module.load_private_jwk
+
+    def load(path: Any) -> PrivateJWK:
+        if str(path) not in _LOADED_KEYS:
+            _LOADED_KEYS[str(path)] = real(path)
+        return _LOADED_KEYS[str(path)]
+
+    with mock.patch.object(options_module, "load_private_jwk", load):
+        yield
 
 
 def free_port() -> int:
@@ -204,7 +223,8 @@ class Gateway:
         assert self.runtime is None
         if not self.port:
             self.port = free_port()
-        runtime = build_runtime(load_config(self.write_config()))
+        with cached_key_loading():
+            runtime = build_runtime(load_config(self.write_config()))
         if before_start is not None:
             before_start(runtime)
         app = create_app(runtime)

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.config import load_config
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.fitconnect.keys import PrivateJWK
+from gateway.fitconnect.subscriber import options as options_module
 from gateway.fitconnect.subscriber.options import parse_options
 from gateway.fitconnect.subscriber.source import FitConnectSource
 from gateway.metrics import Metrics
@@ -24,6 +26,20 @@ from .pki import certificate, name
 from .subscriber_helpers import DEMO_SCHEMAS, sandbox_keys
 
 DEST = "7e4c1f2a-8d3b-4e5f-9a6b-0c1d2e3f4a5b"
+_LOADED: dict[str, PrivateJWK] = {}
+
+
+@pytest.fixture(autouse=True)
+def _load_each_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading an RSA-4096 JWK checks the key (~0.3 s); these tests parse the same files 40 times."""
+    real = options_module.load_private_jwk
+
+    def load(path: Any) -> PrivateJWK:
+        if str(path) not in _LOADED:
+            _LOADED[str(path)] = real(path)  # errors propagate and are not cached
+        return _LOADED[str(path)]
+
+    monkeypatch.setattr(options_module, "load_private_jwk", load)
 
 
 def context(tmp_path: Path, *, production: bool = False, routes: list[web.RouteDef] | None = None) -> SourceContext:
@@ -233,3 +249,17 @@ poll_interval = -1
     (error,) = info.value.errors
     assert error.key == "sources.bauamt.poll_interval"
     assert error.file.endswith("gateway.toml")
+
+
+async def test_listing_with_non_uuid_ids_is_ignored(tmp_path: Path, fitconnect_shared: Path) -> None:
+    ctx = context(tmp_path)
+    source = FitConnectSource(ctx, parse_options(ctx, options(tmp_path, fitconnect_shared)))
+    case = "9eec7d3e-dc66-4f82-9f52-1520bf96a32e"
+    for item in (
+        {"submissionId": "../../cases/x", "caseId": case, "destinationId": DEST},
+        {"submissionId": case, "caseId": "x/../y", "destinationId": DEST},
+        {"submissionId": case, "caseId": case, "destinationId": "1f0e7b4c-0000-4000-8000-000000000000"},  # not ours
+        "not an object",
+    ):
+        assert await source._enqueue(item) is False  # never reaches the store (there is none here)
+    await source.close()

@@ -324,3 +324,21 @@ def test_problem_docs_list_every_catalogue_entry() -> None:
         instance = {"none": "–", "metadata": "`metadata`", "data": "`data`", "attachment": "`attachment:<id>`"}
         assert instance[entry.instance.value] in row, code
         assert ("confirmed" if entry.confirmed else "unconfirmed") in row, code
+
+
+def test_attachment_ids_must_be_uuids() -> None:
+    """Ids end up in request paths: a non-UUID id is refused before any download."""
+    bad = "../../destinations/x"
+    item = {"attachmentId": bad, "purpose": "attachment", "mimeType": "application/pdf", "hash": {"content": "0"}}
+    problems = consistency_problems(
+        metadata={"contentStructure": {"attachments": [item]}},
+        api_service=None,
+        service=None,
+        data_present=False,
+        submission_attachments=[bad],
+        tag_attachments=[bad],
+        destination_reply_channels=None,
+        schemas=SchemaIndex(),
+        require_data_schemas=True,
+    )
+    assert [p.detail for p in problems if "attachments-mismatch" in p.type] == ["an attachment id is not a UUID"]

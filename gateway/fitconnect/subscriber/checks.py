@@ -22,6 +22,7 @@ LEGACY_METADATA_VERSION = "1.0.0"
 MIME_JSON = "application/json"
 MIME_XML = "application/xml"
 _HEX128 = re.compile(r"[0-9a-fA-F]{128}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # ids are compared lowercase
 
 
 class CheckFailed(Exception):
@@ -250,7 +251,10 @@ def consistency_problems(
     meta_ids = [a.attachment_id for a in attachments]
     sub_ids = [a.lower() for a in submission_attachments]
     tag_ids = [a.lower() for a in tag_attachments]
-    if len(set(meta_ids)) != len(meta_ids):
+    if not all(_UUID.fullmatch(i) for i in (*meta_ids, *sub_ids, *tag_ids)):
+        # The ids end up in request paths: anything but a UUID is refused before it gets there.
+        problems.append(problem("attachments-mismatch", "an attachment id is not a UUID"))
+    elif len(set(meta_ids)) != len(meta_ids):
         problems.append(problem("attachments-mismatch", "the metadata lists an attachment id more than once"))
     elif not set(meta_ids) == set(sub_ids) == set(tag_ids):
         problems.append(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,7 @@ from gateway.sources.base import AckOutcome, AckResult, SourceContext
 log = structlog.get_logger(__name__)
 
 JITTER = 0.2
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_LISTED = 100_000  # a listing longer than this is paged over several polls
 
 
@@ -152,6 +154,9 @@ class FitConnectSource:
         destination = item.get("destinationId")
         if not isinstance(submission_id, str) or not isinstance(case_id, str):
             return False
+        if not (_UUID.fullmatch(submission_id.lower()) and _UUID.fullmatch(case_id.lower())):
+            log.warning("fitconnect_listing_ignored", source=self.name, reason="ids are not UUIDs")
+            return False  # they would end up in request paths
         if isinstance(destination, str) and destination.lower() != self.options.destination_id:
             return False  # a token for several destinations lists all of them: not ours
         key = submission_id.lower()
