@@ -162,7 +162,7 @@ class Receiver:
         if status != 200:
             raise ApiError("get-submission", "unexpected status", status=status)
         try:
-            submission = json.loads(body)
+            submission = await asyncio.to_thread(json.loads, body)  # may be tens of MB
         except ValueError:
             raise ApiError("get-submission", "submission response is not JSON") from None
         if not isinstance(submission, dict):
@@ -263,13 +263,13 @@ class Receiver:
             return
         assert found.tags is not None
         try:
-            parse_jwe(compact)
+            tag = auth_tag(compact)  # the profile is checked by decrypt_jwe, in a worker thread
         except JoseError as exc:
             raise fail("data-encryption-issue", f"data JWE refused ({exc.code})") from None
         expected = found.tags.get("data")
         if expected is None:
             raise fail("data-incorrect-authentication-tag", "the event log records no authentication tag for data")
-        if auth_tag(compact) != expected:
+        if tag != expected:
             raise fail("data-incorrect-authentication-tag", "the data's authentication tag differs from the event log")
         bound = self.options.max_data_bytes
         if len(compact) > encrypted_bound(bound):
@@ -281,8 +281,12 @@ class Receiver:
         except JoseError as exc:
             raise fail("data-encryption-issue", f"data cannot be decrypted ({exc.code})") from None
         plaintext = decrypted.plaintext
-        data_hash_ok(plaintext, declared)
-        await asyncio.to_thread(check_data, plaintext, declared, self.options.schemas, max_bytes=bound)
+
+        def verify() -> None:  # CPU work on up to max_data_bytes: off the event loop
+            data_hash_ok(plaintext, declared)
+            check_data(plaintext, declared, self.options.schemas, max_bytes=bound)
+
+        await asyncio.to_thread(verify)
         found.data = plaintext
 
     async def _attachments(self, found: Findings) -> None:
