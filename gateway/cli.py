@@ -113,7 +113,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for row in rows:
         provides = [f"adapter:{t}" for t in row["adapter_types"]] + [f"source:{t}" for t in row["source_types"]]
         dist = f"{row['distribution']} {row['version']}" if row["distribution"] else "-"
-        print(f"{row['name']:<28} {dist:<28} {', '.join(provides) or '-'}")
+        print(f"{row['name']:<38} {dist:<24} {', '.join(provides) or '-'}")
     return 0
 
 
@@ -304,9 +304,20 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.logs import configure_logging
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Configured once, here: the allow-list and safe tracebacks hold for every command, not only
+    # `run` (which switches to the format and level of its config file).
+    configure_logging(format="console", level="warning")
     try:
-        host = PluginHost.load(entry_points_enabled=False)
+        # Entry points too, so installed vendor plugins can add commands (gateway_add_commands). A
+        # broken vendor plugin must not take the CLI down before gateway.toml could block it: then
+        # only the built-in commands are offered, and run/check-config report the plugin's error.
+        try:
+            host = PluginHost.load()
+        except ConfigError:
+            host = PluginHost.load(entry_points_enabled=False)
         args = build_parser(host).parse_args(argv)
         result: int = args.func(args)
         return result

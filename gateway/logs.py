@@ -123,6 +123,17 @@ def foreign_event(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]
     return event_dict
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing (not when logging was set up),
+    so replacing stderr later (test capture, daemonising) never leaves a dangling closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 class GatewayLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler installed by :func:`configure_logging` (replaced when it runs again)."""
 
@@ -135,7 +146,8 @@ def configure_logging(*, format: str = "json", level: str = "info", stream: Text
     )
     # Libraries log through the standard library: route them into the same stream, through the
     # same filters (otherwise they would print plain text, exception messages included).
-    handler = GatewayLogHandler(stream or sys.stderr)
+    out: Any = stream or _CurrentStderr()
+    handler = GatewayLogHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -163,7 +175,7 @@ def configure_logging(*, format: str = "json", level: str = "info", stream: Text
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # aiohttp's access log would print URLs with query strings: keep it off, we log requests ourselves.

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pluggy
 
@@ -37,7 +37,25 @@ T = TypeVar("T")
 ENTRY_POINT_GROUP = "gateway"
 
 # Modules registered on every start, through the same hooks as third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = ("gateway.builtin_plugins", "gateway.fitconnect.subscriber.plugin")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "gateway.builtin_plugins",
+    "gateway.fitconnect.subscriber.plugin",
+    "gateway.xoev.standards",
+)
+
+
+class GatewayPluginManager(pluggy.PluginManager):
+    """Treats every ``gateway_*`` function of a plugin as a hook implementation, marked or not.
+
+    Like pytest with ``pytest_*``: a misspelt hook name then reaches :meth:`check_pending` and fails
+    startup, instead of being an ordinary function that silently never runs.
+    """
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("gateway_") and inspect.isroutine(getattr(plugin, name, None)):
+            return {}
+        return opts
 
 
 async def resolve(value: T | Awaitable[T]) -> T:
@@ -74,7 +92,7 @@ class PluginHost:
         extra: Iterable[ModuleType | object] = (),
         entry_points_enabled: bool = True,
     ) -> PluginHost:
-        pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        pm = GatewayPluginManager(hookspecs.PROJECT_NAME)
         pm.add_hookspecs(hookspecs)
         host = cls(pm)
         for module_name in DEFAULT_PLUGINS:
@@ -103,6 +121,8 @@ class PluginHost:
                 raise ConfigError(f"allow-listed plugins are not installed: {', '.join(unknown)}", key="plugins.allow")
         for obj in extra:
             name = getattr(obj, "__name__", None) or type(obj).__name__
+            if pm.has_plugin(name):
+                raise ConfigError(f"two plugins are named {name!r}")
             pm.register(obj, name=name)
             host.infos.append(PluginInfo(name, name, None, None, False))
         host.check_pending()
@@ -116,39 +136,39 @@ class PluginHost:
             raise ConfigError(f"plugin implements an unknown hook: {exc}") from exc
 
     def _collect_types(self) -> None:
-        updated: list[PluginInfo] = []
-        for info in self.infos:
-            plugin = self.pm.get_plugin(info.name)
-            adapters: list[str] = []
-            sources: list[str] = []
-            impl = getattr(plugin, "gateway_adapter_types", None)
-            for adapter_type in impl() if impl else ():
+        # Through the hook relay's implementations (not getattr), so exactly the registered hooks count,
+        # and each type is attributed to the plugin that provides it.
+        provided: dict[str, tuple[list[str], list[str]]] = {i.name: ([], []) for i in self.infos}
+        for impl in self.pm.hook.gateway_adapter_types.get_hookimpls():
+            adapter_types = cast("Sequence[AdapterType]", impl.function())
+            for adapter_type in adapter_types:
                 if adapter_type.name in self.adapter_types:
                     raise ConfigError(
-                        f"adapter type {adapter_type.name!r} is provided by two plugins (second: {info.name})"
+                        f"adapter type {adapter_type.name!r} is provided by two plugins (second: {impl.plugin_name})"
                     )
                 self.adapter_types[adapter_type.name] = adapter_type
-                adapters.append(adapter_type.name)
-            impl = getattr(plugin, "gateway_source_types", None)
-            for source_type in impl() if impl else ():
+                provided.setdefault(impl.plugin_name, ([], []))[0].append(adapter_type.name)
+        for impl in self.pm.hook.gateway_source_types.get_hookimpls():
+            source_types = cast("Sequence[SourceType]", impl.function())
+            for source_type in source_types:
                 if source_type.name in self.source_types:
                     raise ConfigError(
-                        f"source type {source_type.name!r} is provided by two plugins (second: {info.name})"
+                        f"source type {source_type.name!r} is provided by two plugins (second: {impl.plugin_name})"
                     )
                 self.source_types[source_type.name] = source_type
-                sources.append(source_type.name)
-            updated.append(
-                PluginInfo(
-                    info.name,
-                    info.module,
-                    info.distribution,
-                    info.version,
-                    info.builtin,
-                    tuple(adapters),
-                    tuple(sources),
-                )
+                provided.setdefault(impl.plugin_name, ([], []))[1].append(source_type.name)
+        self.infos = [
+            PluginInfo(
+                i.name,
+                i.module,
+                i.distribution,
+                i.version,
+                i.builtin,
+                tuple(sorted(provided[i.name][0])),
+                tuple(sorted(provided[i.name][1])),
             )
-        self.infos = updated
+            for i in self.infos
+        ]
 
     # Typed facade over the hook relay -------------------------------------------------------
 

@@ -80,16 +80,24 @@ class AckWorker:
         outcome = AckOutcome.REJECT if env.state is MessageState.REJECTED else AckOutcome.ACCEPT
         with structlog.contextvars.bound_contextvars(message_id=env.id, source=channel, outcome=outcome.value):
             source = self.sources.get(channel)
+            permanent = False
             if source is None:
                 done, reason = False, f"source {channel!r} is not configured"
             else:
                 try:
                     result = await source.acknowledge(env, outcome, list(stored.problems))
                     done, reason = result.done, result.reason or ("acknowledged" if result.done else "not done")
+                    permanent = result.permanent and not result.done
                 except Exception as exc:
                     log.exception("ack_raised")
                     done, reason = False, f"acknowledge raised {type(exc).__name__}"
             delay = min(ACK_RETRY_MAX, ACK_RETRY_INITIAL * 2 ** max(stored.ack_attempts - 1, 0))
+            if permanent:
+                # Upstream says retrying cannot help. The ack stays pending (never dropped: the
+                # application's outcome must reach upstream), retried at the slowest pace and
+                # visible to operators in metrics (result="permanent") and the audit trail.
+                delay = ACK_RETRY_MAX
+                log.error("ack_refused_permanently", source=channel)
             try:
                 after = await self.store.complete_ack(
                     env.id,
@@ -102,7 +110,7 @@ class AckWorker:
             except LeaseLost:
                 log.warning("ack_lease_lost")
                 return
-            self.metrics.acks.labels(channel, "done" if done else "retry").inc()
+            self.metrics.acks.labels(channel, "done" if done else ("permanent" if permanent else "retry")).inc()
             if self.plugins is not None and after.envelope.state is not env.state:
                 await self.plugins.message_transition(after.envelope, env.state.value, "acknowledged upstream")
             # The source's reason text is audited, not logged: it may quote an upstream error body.
