@@ -401,7 +401,7 @@ class PostgresStore:
                 return AuditVerification(
                     False,
                     checked,
-                    last_seq + 1,
+                    min(int(head["seq"]), last_seq) + 1,  # the first seq beyond what both agree on
                     f"the audit head (seq {head['seq']}) does not match the last record (seq {last_seq}):"
                     " records were removed or added outside the store",
                 )

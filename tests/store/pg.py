@@ -94,6 +94,11 @@ class PgCluster:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(APP_ROLE)))
         return self.dsn(name)
 
+    def drop_database(self, dsn: str) -> None:
+        name = dsn.rsplit("dbname=", 1)[1].split()[0]
+        with self.superuser_connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, object] = {}
         if self.account is not None:

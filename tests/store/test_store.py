@@ -10,6 +10,8 @@ import pytest
 from gateway.model import TRANSITIONS, AckState, InvalidTransition, MessageState
 from gateway.pipeline.problems import Problem
 from gateway.store.base import LeaseLost, MessageNotFound
+from gateway.store.migrations.postgresql import MIGRATIONS as PG_MIGRATIONS
+from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
 from .support import PATHS, T0, AnyStore, Backend, FakeClock, drive, make_envelope, routed_message
 
@@ -412,6 +414,15 @@ async def test_removed_record_is_detected(backend: Backend) -> None:
     assert "missing" in result.reason
 
 
+async def test_cut_off_tail_is_detected(backend: Backend) -> None:
+    # The newest records have no successor whose prev_hash would break: the audit head catches it.
+    await routed_message(backend.store)
+    await backend.admin_sql(["DELETE FROM audit WHERE seq = 3"])
+    result = await backend.store.verify_audit()
+    assert (result.ok, result.checked, result.broken_seq) == (False, 2, 3)
+    assert "audit head" in result.reason
+
+
 async def test_rewritten_first_record_is_detected(backend: Backend) -> None:
     await routed_message(backend.store)
     await backend.admin_sql(["DELETE FROM audit WHERE seq = 1"])
@@ -422,10 +433,10 @@ async def test_rewritten_first_record_is_detected(backend: Backend) -> None:
 # schema ------------------------------------------------------------------------------------------
 
 
-async def test_schema_version_and_idempotent_migrations(backend: Backend, tmp_path: object) -> None:
+async def test_schema_version_and_idempotent_migrations(backend: Backend) -> None:
     store = backend.store
     version = await store.schema_version()
-    assert version == 1
+    assert version == len(SQLITE_MIGRATIONS if backend.kind == "sqlite" else PG_MIGRATIONS)
     mid = await routed_message(store)
     await store.close()
     await store.open()  # re-applies nothing, keeps data

@@ -68,6 +68,7 @@ class CountingSource:
     acks: Counter[str] = field(default_factory=Counter)
     attempts: Counter[str] = field(default_factory=Counter)
     fail_first: set[str] = field(default_factory=set)
+    refuse: bool = False  # every call fails (upstream down)
     pause: float = 0.0
     outcomes: dict[str, AckOutcome] = field(default_factory=dict)
 
@@ -78,7 +79,7 @@ class CountingSource:
         self.attempts[envelope.id] += 1
         if self.pause:
             await asyncio.sleep(self.pause)
-        if envelope.id in self.fail_first and self.attempts[envelope.id] == 1:
+        if self.refuse or (envelope.id in self.fail_first and self.attempts[envelope.id] == 1):
             return AckResult(False, "upstream 503")
         self.acks[envelope.id] += 1
         self.outcomes[envelope.id] = outcome
