@@ -64,6 +64,26 @@ class StoreNotOpen(RuntimeError):
         super().__init__("the PostgreSQL store is not open")
 
 
+class UnstorableText(ValueError):
+    """A message identity field holds a NUL character, which PostgreSQL text cannot store."""
+
+    def __init__(self, field_name: str) -> None:
+        super().__init__(f"message field {field_name!r} contains a NUL character, which PostgreSQL cannot store")
+        self.field_name = field_name
+
+
+# Envelope columns that identify or route a message: refused (not altered) when they hold NUL,
+# since changing them could make two different upstream keys collide.
+_IDENTITY_COLUMNS = ("id", "channel", "source_type", "reference", "idempotency_key", "case_ref", "route", "adapter")
+
+
+def _clean(text: str) -> str:
+    """Free text (reasons, actors, errors) with NUL replaced by U+FFFD: PostgreSQL text cannot hold
+    NUL, and an adapter's error text must never make recording its outcome fail. The audit hash
+    covers the cleaned text, so the chain verifies."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -185,7 +205,9 @@ class _Tx:
         at: float,
     ) -> None:
         self.audits.append(
-            _PendingAudit(message_id, event, from_state, to_state, reason, actor, dict(details or {}), at)
+            _PendingAudit(
+                message_id, _clean(event), from_state, to_state, _clean(reason), _clean(actor), dict(details or {}), at
+            )
         )
 
     async def flush_audit(self) -> None:
@@ -439,6 +461,9 @@ class PostgresStore:
         async def fn(tx: _Tx) -> tuple[StoredMessage, bool]:
             now = self.clock()
             cols = envelope_columns(envelope.with_(state=MessageState.RECEIVED))
+            for name in _IDENTITY_COLUMNS:
+                if isinstance(cols[name], str) and "\x00" in cols[name]:
+                    raise UnstorableText(name)
             cols["updated_at"] = now
             cols["problems"] = _dumps([p.as_dict() for p in problems])
             query = sql.SQL(
@@ -528,7 +553,7 @@ class PostgresStore:
                 if ack is AckState.PENDING:
                     sets["ack_next_at"] = now
             if last_error is not None:
-                sets["last_error"] = last_error
+                sets["last_error"] = _clean(last_error)
             if reset_attempts:
                 sets["attempts"] = 0
             query = sql.SQL("UPDATE messages SET {} WHERE id = %s RETURNING *").format(
@@ -677,7 +702,7 @@ class PostgresStore:
                 updated = await tx.one(
                     "UPDATE messages SET ack_next_at = %s, ack_lease_owner = NULL, ack_lease_until = NULL,"
                     " last_error = %s, updated_at = %s WHERE id = %s RETURNING *",
-                    (next_attempt_at if next_attempt_at is not None else now, reason, now, message_id),
+                    (next_attempt_at if next_attempt_at is not None else now, _clean(reason), now, message_id),
                 )
                 tx.audit(
                     message_id=message_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -14,8 +15,8 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.model import MessageState
 from gateway.runtime import open_store
-from gateway.store.migrations.postgresql import MIGRATIONS
-from gateway.store.postgres import PostgresStore, StoreNotOpen
+from gateway.store.migrations.postgresql import MIGRATIONS, MigrationNotPermitted
+from gateway.store.postgres import PostgresStore, StoreNotOpen, UnstorableText
 
 from .pg import SUPERUSER, PgCluster
 from .support import FakeClock, make_envelope, routed_message
@@ -194,3 +195,58 @@ def test_cli_db_upgrade_against_postgres(pg_dsn: str, tmp_path: Path) -> None:
         assert f"database schema at version {len(MIGRATIONS)}" in proc.stdout
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
+
+
+async def test_nul_in_a_message_key_is_refused_precisely(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        with pytest.raises(UnstorableText, match="field 'reference' contains a NUL character"):
+            await store.insert(make_envelope(key="sub\x00mission"), actor="t")
+        assert await store.count_by_state() == {s.value: 0 for s in MessageState}
+        assert (await store.verify_audit()).checked == 0
+    finally:
+        await store.close()
+
+
+async def test_restricted_runtime_role(pg_cluster: PgCluster) -> None:
+    """Schema owner migrates; the runtime role may read/insert/update messages and append audit
+    records, but can neither change nor disable the audit's protection, nor migrate."""
+    owner, app = "gw_owner", "gw_app"
+    with pg_cluster.superuser_connect() as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN")
+        conn.execute(f"CREATE ROLE {app} LOGIN")
+        conn.execute(f"CREATE DATABASE gw_roles OWNER {owner}")
+    with pg_cluster.superuser_connect("gw_roles") as conn:
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {app}")
+    app_store = PostgresStore(pg_cluster.dsn("gw_roles", app))
+    with pytest.raises(MigrationNotPermitted, match="schema is at version 0, this gateway needs"):
+        await app_store.open()
+    owner_store = PostgresStore(pg_cluster.dsn("gw_roles", owner))
+    await owner_store.open()
+    await owner_store.close()
+    with psycopg.connect(pg_cluster.dsn("gw_roles", owner), autocommit=True) as conn:
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON messages TO {app}")
+        conn.execute(f"GRANT SELECT, INSERT ON audit TO {app}")
+        conn.execute(f"GRANT SELECT, UPDATE ON audit_head TO {app}")
+        conn.execute(f"GRANT SELECT ON schema_migrations TO {app}")
+    await app_store.open()
+    try:
+        mid = await routed_message(app_store)
+        await app_store.claim_deliveries(owner="w", adapter="fv", limit=1, now=time.time() + 1, lease_seconds=30)
+        await app_store.transition(mid, MessageState.DEAD, reason="x", actor="t")
+        assert (await app_store.verify_audit()).ok
+        with psycopg.connect(pg_cluster.dsn("gw_roles", app), autocommit=True) as conn:
+            for statement in (
+                "ALTER TABLE audit DISABLE TRIGGER USER",
+                "UPDATE audit SET reason = 'x'",
+                "DELETE FROM audit",
+                "TRUNCATE audit",
+                "DELETE FROM messages",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement.encode())
+    finally:
+        await app_store.close()

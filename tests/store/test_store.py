@@ -443,3 +443,21 @@ async def test_schema_version_and_idempotent_migrations(backend: Backend) -> Non
     assert await store.schema_version() == version
     assert (await store.get(mid)) is not None
     assert (await store.verify_audit()).ok
+
+
+async def test_nul_in_free_text_never_blocks_recording_an_outcome(backend: Backend) -> None:
+    """An adapter's error text may carry anything; recording it must work on every backend.
+    (PostgreSQL text cannot hold NUL: that backend stores U+FFFD instead, and hashes what it stores.)"""
+    store = backend.store
+    mid = await routed_message(store)
+    await store.claim_deliveries(owner="w", adapter="fv", limit=1, now=T0, lease_seconds=30)
+    failed = await store.transition(
+        mid, MessageState.FAILED, reason="HTTP 500: a\x00b", actor="w", lease_owner="w", last_error="a\x00b"
+    )
+    expected = "a\x00b" if backend.kind == "sqlite" else "a\ufffdb"
+    assert failed.last_error == expected
+    assert (await store.audit_trail(mid))[-1].reason == f"HTTP 500: {expected}"
+    await store.note(mid, event="operator", reason="x\x00", actor="op\x00", details={"raw": "\x00"})
+    rec = (await store.audit_trail(mid))[-1]
+    assert rec.details == {"raw": "\x00"}  # JSON escapes it: stored exactly on every backend
+    assert (await store.verify_audit()).ok

@@ -26,7 +26,8 @@ import time
 from typing import Any, LiteralString
 
 import structlog
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, errors
+from psycopg.rows import tuple_row
 
 log = structlog.get_logger(__name__)
 
@@ -123,34 +124,49 @@ MIGRATIONS: tuple[LiteralString, ...] = (
 )
 
 
+class MigrationNotPermitted(RuntimeError):
+    """The database needs migrations this role may not apply (a restricted runtime role)."""
+
+    def __init__(self, version: int, target: int) -> None:
+        super().__init__(
+            f"the database schema is at version {version}, this gateway needs {target}, and this database role"
+            " may not change the schema: run 'gateway db upgrade' with the schema owner's DSN first"
+        )
+        self.version = version
+        self.target = target
+
+
 async def migrate(conn: AsyncConnection[Any]) -> int:
     """Apply pending migrations in one transaction under the migration lock; returns the schema version."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations"
-            " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
-        )
-        cur = await conn.execute("SELECT version FROM schema_migrations")
-        done = {int(_first(row)) for row in await cur.fetchall()}
-        applied = []
-        for version, script in enumerate(MIGRATIONS, start=1):
-            if version in done:
-                continue
-            # No parameters: psycopg sends the script with the simple query protocol, which
-            # allows several statements (and $$-quoted function bodies) in one string.
-            await conn.execute(script)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)", (version, time.time())
-            )
-            applied.append(version)
-        current = max(done | set(applied), default=0)
-    if applied:
-        log.info("schema_migrated", backend="postgresql", applied=applied, version=current)
+    async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        # Only DDL when something is pending: a runtime role without CREATE rights can then open
+        # an up-to-date database (see docs/postgresql.md, "Separate owner and runtime roles").
+        await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        row = await cur.fetchone()
+        exists = bool(row and row[0])
+        done: set[int] = set()
+        if exists:
+            await cur.execute("SELECT version FROM schema_migrations")
+            done = {int(r[0]) for r in await cur.fetchall()}
+        pending = [v for v in range(1, len(MIGRATIONS) + 1) if v not in done]
+        try:
+            if not exists:
+                await cur.execute(
+                    "CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+                )
+            for version in pending:
+                # No parameters: psycopg sends the script with the simple query protocol, which
+                # allows several statements (and $$-quoted function bodies) in one string.
+                await cur.execute(MIGRATIONS[version - 1])
+                await cur.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)", (version, time.time())
+                )
+        except errors.InsufficientPrivilege:
+            raise MigrationNotPermitted(max(done, default=0), len(MIGRATIONS)) from None
+    current = max(done | set(pending), default=0)
+    if pending:
+        log.info("schema_migrated", backend="postgresql", applied=pending, version=current)
     if current > len(MIGRATIONS):
         log.warning("schema_newer_than_gateway", backend="postgresql", version=current, known=len(MIGRATIONS))
     return current
-
-
-def _first(row: Any) -> Any:
-    return row["version"] if isinstance(row, dict) else row[0]
