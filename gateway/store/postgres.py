@@ -57,6 +57,7 @@ Query = LiteralString | sql.SQL | sql.Composed
 
 _TX_RETRIES = 5
 _VERIFY_BATCH = 5000
+CLOCK_SKEW_WARNING = 2.0  # seconds between this host and the database server
 
 
 class StoreNotOpen(RuntimeError):
@@ -352,10 +353,18 @@ class PostgresStore:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
-                cur = await conn.execute("SHOW fsync")
+                cur = await conn.execute(
+                    "SELECT current_setting('fsync') AS fsync, extract(epoch FROM clock_timestamp())::float8 AS now"
+                )
                 row = await cur.fetchone()
                 if row is not None and row["fsync"] == "off":
                     log.warning("postgres_fsync_off", reason="the server does not fsync: commits are not crash-safe")
+                # Leases compare the instances' own clocks (each writes now + lease_seconds): a large
+                # skew between instances shortens or stretches leases. The server is the common reference.
+                if row is not None and abs(float(row["now"]) - time.time()) > CLOCK_SKEW_WARNING:
+                    log.warning(
+                        "clock_skew", skew_s=round(float(row["now"]) - time.time(), 3), reason="sync clocks (NTP)"
+                    )
         except BaseException:
             await pool.close()
             raise
