@@ -250,3 +250,42 @@ async def test_restricted_runtime_role(pg_cluster: PgCluster) -> None:
                     conn.execute(statement.encode())
     finally:
         await app_store.close()
+
+
+async def wait_for_lock_waiter(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for _ in range(6000):  # a generous bound: the store's query normally waits within milliseconds
+            query = "SELECT 1 FROM pg_stat_activity WHERE usename = 'gateway' AND wait_event_type = 'Lock'"
+            if admin.execute(query).fetchone():
+                return
+            await asyncio.sleep(0.01)
+    pytest.fail("the store's transaction never waited for the row lock")
+
+
+async def test_cancelled_call_rolls_back_and_frees_its_connection(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """A task cancelled while its transaction waits for a lock (e.g. a delivery cancelled at
+    shutdown) leaves nothing behind: no half-written change, no session idle in transaction."""
+    store = PostgresStore(pg_dsn, pool_size=1)
+    await store.open()
+    try:
+        mid = await routed_message(store)
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as blocker:
+            await blocker.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (mid,))
+            task = asyncio.create_task(store.transition(mid, MessageState.DELIVERED, reason="x", actor="t"))
+            await wait_for_lock_waiter(admin_dsn(pg_cluster, pg_dsn))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await blocker.rollback()
+        stored = await store.get(mid)  # the only pooled slot is usable again
+        assert stored is not None
+        assert stored.envelope.state is MessageState.ROUTED
+        assert len(await store.audit_trail(mid)) == 3
+        with psycopg.connect(admin_dsn(pg_cluster, pg_dsn), autocommit=True) as admin:
+            assert not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE usename = 'gateway' AND state LIKE 'idle in transaction%'"
+            ).fetchone()
+        await store.transition(mid, MessageState.DELIVERED, reason="ok", actor="t")
+        assert (await store.verify_audit()).ok
+    finally:
+        await store.close()
