@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config
-from gateway.errors import ConfigError, ConfigErrors
+from gateway.errors import ConfigError, ConfigErrors, GatewayError
 from gateway.model import MessageState, RoutingKeys
 from gateway.plugins import PluginHost
 
@@ -50,17 +51,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     configure_logging(format=config.logging.format, level=config.logging.level)
     runtime = build_runtime(config)
-    asyncio.run(serve(create_app(runtime), config.http.host, args.port or config.http.port, config.http.drain_seconds))
+    ssl_context = build_ssl_context(config)
+    asyncio.run(
+        serve(
+            create_app(runtime),
+            config.http.host,
+            args.port or config.http.port,
+            config.http.drain_seconds,
+            ssl_context=ssl_context,
+        )
+    )
     return 0
 
 
-async def serve(app: Any, host: str, port: int, drain_seconds: float, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+def build_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The HTTPS server context from ``[http] tls_cert``/``tls_key`` (None: plain HTTP).
+
+    With ``client_ca``, clients MAY present a certificate issued by one of those CAs (CERT_OPTIONAL:
+    bearer-token clients still connect); a presented certificate that does not verify fails the
+    handshake. Which certificate may do what is decided per channel (e.g. the xoev-http source pins
+    SHA-256 fingerprints). Only ``client_ca`` is trusted for client certificates, never the system CAs.
+    """
+    http = config.http
+    if http.tls_cert is None or http.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(http.tls_cert, http.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = f"cannot load the certificate chain and key: {getattr(exc, 'reason', None) or exc.strerror or exc}"
+        raise ConfigError(reason, key="http.tls_cert", file=str(config.file)) from None
+    if http.client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=http.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            reason = f"cannot load the client CA certificates: {getattr(exc, 'reason', None) or exc.strerror or exc}"
+            raise ConfigError(reason, key="http.client_ca", file=str(config.file)) from None
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+async def serve(
+    app: Any,
+    host: str,
+    port: int,
+    drain_seconds: float,
+    stop: asyncio.Event | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully (HTTPS with ``ssl_context``)."""
     from aiohttp import web
 
     runner = web.AppRunner(app, shutdown_timeout=drain_seconds, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,6 +128,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(path)
         build_runtime(config)  # validates plugin-specific options too
+        build_ssl_context(config)  # the TLS certificate and key load
     except (ConfigError, ConfigErrors) as exc:
         _print_config_errors(exc)
         return 2
@@ -324,5 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ConfigErrors) as exc:
         _print_config_errors(exc)
         return 2
+    except GatewayError as exc:  # an operator-facing condition (e.g. migrations need the owner role)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

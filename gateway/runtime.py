@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -30,6 +30,9 @@ from gateway.sources.base import Source, SourceContext
 from gateway.store.base import Store
 from gateway.store.blobs import BlobStore
 from gateway.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from gateway.xoev.validator import XoevValidator
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +68,7 @@ class Runtime:
     worker: DeliveryWorker
     acker: AckWorker
     routes: list[web.RouteDef] = field(default_factory=list)
+    xoev: XoevValidator | None = None  # [xoev] configured: started before the sources, closed after them
     draining: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -75,6 +79,13 @@ class Runtime:
     async def start(self) -> None:
         self.blobs.open()
         await self.store.open()
+        if self.xoev is not None:
+            try:
+                await self.xoev.start()  # compiles/verifies the schema cache, warms the workers
+            except BaseException:
+                await self.xoev.close()
+                await self.store.close()
+                raise
         self.tasks = [
             asyncio.create_task(self.worker.run(), name="delivery-worker"),
             asyncio.create_task(self.acker.run(), name="ack-worker"),
@@ -108,6 +119,9 @@ class Runtime:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
+        if self.xoev is not None:
+            with contextlib.suppress(Exception):
+                await self.xoev.close()
         await self.store.release_leases(self.acker.owner)
         await self.store.close()
         log.info("gateway_stopped")
@@ -135,6 +149,11 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
     resolve = secret_resolver(config.base_dir)
     errors: list[ConfigError] = []
     routes: list[web.RouteDef] = []
+    xoev: XoevValidator | None = None
+    if config.xoev is not None:
+        from gateway.xoev.validator import XoevValidator  # lxml/xmlschema only when [xoev] is configured
+
+        xoev = XoevValidator(config.xoev, hook=plugins.pm.hook)
 
     adapters: dict[str, Adapter] = {}
     slots: dict[str, AdapterSlot] = {}
@@ -171,7 +190,8 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         accept_policy=accept_policy,
         lease_seconds=config.delivery.lease_seconds,
         poll_interval=config.delivery.poll_interval,
-        owner=f"{config.gateway.instance_id or 'gw'}-{int(time.time() * 1000) % 100000:05d}",
+        # Unique per process: two instances sharing a database must never share a lease owner.
+        owner=f"{config.gateway.instance_id or 'gw'}-{uuid.uuid4().hex[:12]}",
     )
     acker = AckWorker(
         store=store, sources=sources, metrics=metrics, lease_seconds=config.delivery.lease_seconds, plugins=plugins
@@ -204,6 +224,8 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
             blobs=blobs,
             metrics=metrics,
             options_key=inst.key,
+            xoev=xoev,
+            max_body_bytes=config.http.max_body_bytes,
         )
         try:
             sources[name] = source_type.create(sctx, inst.options)
@@ -224,6 +246,7 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         worker=worker,
         acker=acker,
         routes=routes,
+        xoev=xoev,
     )
     runtime_ref.append(runtime)
     return runtime

@@ -29,6 +29,8 @@ import structlog
 from psycopg import AsyncConnection, errors
 from psycopg.rows import tuple_row
 
+from gateway.errors import GatewayError
+
 log = structlog.get_logger(__name__)
 
 # An arbitrary constant (ASCII "gatewaym"), the same in every gateway version.
@@ -124,7 +126,7 @@ MIGRATIONS: tuple[LiteralString, ...] = (
 )
 
 
-class MigrationNotPermitted(RuntimeError):
+class MigrationNotPermitted(GatewayError):
     """The database needs migrations this role may not apply (a restricted runtime role)."""
 
     def __init__(self, version: int, target: int) -> None:
