@@ -47,6 +47,10 @@ class BlobWriter:
         self.size += len(data)
         return len(data)
 
+    def sha512_hex(self) -> str:
+        """The SHA-512 of what was written so far (the blob id ``commit`` will use)."""
+        return self._hash.hexdigest()
+
     def commit(
         self,
         *,

@@ -93,7 +93,10 @@ async def receive_attachment(
                         if zipped is None and len(prefix) <= MAX_HEADER_CHARS:
                             continue
                         bound = max_inflated_bytes if zipped else max_attachment_bytes
-                        decryptor = JWEStreamDecryptor(keys, cast(BinaryIO, writer), max_plaintext=bound)
+                        # The blob writer hashes what it stores: the decryptor need not hash it again.
+                        decryptor = JWEStreamDecryptor(
+                            keys, cast(BinaryIO, writer), max_plaintext=bound, hash_plaintext=False
+                        )
                         buffer += prefix
                         prefix = b""
                     else:
@@ -102,7 +105,9 @@ async def receive_attachment(
                         await asyncio.to_thread(decryptor.feed, bytes(buffer))
                         buffer.clear()
             if decryptor is None:  # a body shorter than the header bound without a dot
-                decryptor = JWEStreamDecryptor(keys, cast(BinaryIO, writer), max_plaintext=max_attachment_bytes)
+                decryptor = JWEStreamDecryptor(
+                    keys, cast(BinaryIO, writer), max_plaintext=max_attachment_bytes, hash_plaintext=False
+                )
                 buffer += prefix
             if buffer:
                 await asyncio.to_thread(decryptor.feed, bytes(buffer))
@@ -121,7 +126,7 @@ async def receive_attachment(
                 "the attachment's authentication tag differs from the event log",
                 attachment_id=attachment_id,
             )
-        check_hash(result.sha512_hex, expected_sha512, "attachment-hash-mismatch", "attachment", attachment_id)
+        check_hash(writer.sha512_hex(), expected_sha512, "attachment-hash-mismatch", "attachment", attachment_id)
         if "zip" not in result.header and result.size > max_attachment_bytes:
             raise _too_large(attachment_id, max_attachment_bytes)
         return ReceivedAttachment(writer, result)
