@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -534,7 +535,8 @@ class Sender:
                         await self._expect("upload-attachment", resp, (204,))
             else:
                 assert att.jwe is not None
-                async with http.put(url, data=att.jwe.encode("ascii"), headers=headers) as resp:
+                # A file-like body: aiohttp streams it (raw bytes over 1 MiB would block the loop).
+                async with http.put(url, data=io.BytesIO(att.jwe.encode("ascii")), headers=headers) as resp:
                     await self._expect("upload-attachment", resp, (204,))
 
         submit: dict[str, Any] = {"encryptedMetadata": prepared.encrypted_metadata}
