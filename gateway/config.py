@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.secrets import SecretRef, parse_secret_ref
+from gateway.xoev.config import XoevConfig, parse_xoev_config
 
 DEFAULT_CONFIG_NAME = "gateway.toml"
 ROUTE_MATCH_KEYS = (
@@ -115,6 +116,22 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _file(reader: _Reader, name: str, base_dir: Path) -> Path | None:
+    """An existing file, relative to the config file's directory."""
+    raw = reader.get(name, str, None, check=lambda v: None if v else "must be a non-empty path")
+    if raw is None:
+        return None
+    path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
+    if not path.is_file():
+        reader.error(name, f"file {path} does not exist")
+        return None
+    return path
+
+
+def _has_error(errors: list[ConfigError], key_prefix: str) -> bool:
+    return any(e.key.startswith(key_prefix) for e in errors)
+
+
 def _strings(value: list[Any]) -> str | None:
     return None if all(isinstance(item, str) for item in value) else "expected a list of strings"
 
@@ -141,6 +158,9 @@ class HttpSection:
     max_body_bytes: int = 20 * 1024 * 1024
     admin_token: SecretRef | None = None
     drain_seconds: float = 30.0
+    tls_cert: Path | None = None  # absolute; PEM certificate chain: the server speaks HTTPS when set
+    tls_key: Path | None = None  # absolute; PEM private key of tls_cert
+    client_ca: Path | None = None  # absolute; PEM CA(s) for client certificates (optional, CERT_OPTIONAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +245,9 @@ class GatewayConfig:
     sources: Mapping[str, PluginInstance]
     routes: tuple[Route, ...]
     routing: RoutingSection
-    # Tables owned by subsystems with their own parsers (e.g. "xoev"), kept raw here.
+    # Tables owned by subsystems with their own parsers (e.g. "fitconnect"), kept raw here.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    xoev: XoevConfig | None = None  # [xoev], parsed by gateway.xoev.config.parse_xoev_config
 
     @property
     def production(self) -> bool:
@@ -237,7 +258,7 @@ class GatewayConfig:
 
 
 # Top-level tables parsed by other subsystems; their parsers run in gateway.runtime.
-SUBSYSTEM_TABLES = ("xoev", "fitconnect")
+SUBSYSTEM_TABLES = ("fitconnect",)
 
 
 def _instances(reader: _Reader, section: str) -> dict[str, PluginInstance]:
@@ -348,7 +369,14 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> GatewayConfig:
         max_body_bytes=h.get("max_body_bytes", int, 20 * 1024 * 1024, check=_positive),
         admin_token=h.secret("admin_token", base_dir),
         drain_seconds=h.get("drain_seconds", float, 30.0, check=_non_negative),
+        tls_cert=_file(h, "tls_cert", base_dir),
+        tls_key=_file(h, "tls_key", base_dir),
+        client_ca=_file(h, "client_ca", base_dir),
     )
+    if (http.tls_cert is None) != (http.tls_key is None) and not _has_error(errors, "http.tls_"):
+        h.error("tls_key" if http.tls_key is None else "tls_cert", "tls_cert and tls_key must be given together")
+    if http.client_ca is not None and http.tls_cert is None and "tls_cert" not in h.raw:
+        h.error("client_ca", "client certificates need TLS: set tls_cert and tls_key too")
     h.finish()
 
     lg = root.table("logging")
@@ -400,6 +428,13 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> GatewayConfig:
         if table_name in root.raw:
             root.used.add(table_name)
             extra[table_name] = root.raw[table_name]
+    xoev: XoevConfig | None = None
+    if "xoev" in root.raw:
+        root.used.add("xoev")
+        try:
+            xoev = parse_xoev_config(root.raw["xoev"], base_dir=base_dir, file=str(file))
+        except ConfigError as exc:
+            errors.append(exc)
     root.finish()
 
     # Dangling references.
@@ -451,6 +486,7 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> GatewayConfig:
         routes=routes,
         routing=routing,
         extra=extra,
+        xoev=xoev,
     )
 
 

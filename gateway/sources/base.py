@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.pipeline.intake import Intake
     from gateway.pipeline.problems import Problem
     from gateway.store.blobs import BlobStore
+    from gateway.xoev.validator import XoevValidator
 
 
 class AckOutcome(enum.StrEnum):
@@ -47,6 +48,10 @@ class SourceContext:
     blobs: BlobStore  # write payloads here (streamed, hashed, fsynced) before calling intake
     metrics: Metrics
     options_key: str = ""  # "sources.NAME": prefix for ConfigError keys
+    # The running XÖV validator (worker processes, schema registry) when [xoev] is configured, else None.
+    # Started by Runtime.start before any source runs or any HTTP request is served.
+    xoev: XoevValidator | None = None
+    max_body_bytes: int = 20 * 1024 * 1024  # [http] max_body_bytes: default body limit of HTTP channels
 
 
 @runtime_checkable

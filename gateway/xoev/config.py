@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from gateway.errors import ConfigError
+from gateway.secrets import SecretRef, parse_secret_ref
 from gateway.xoev.parsing import ParseLimits
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -30,9 +34,12 @@ _TOP_KEYS = frozenset(
         "workers",
         "validate_timeout",
         "bundles",
+        "trusted_certs",
+        "signing",
     }
 )
 _BUNDLE_KEYS = frozenset({"name", "dir", "entries", "samples", "invalid_samples", "locations"})
+_SIGNING_KEYS = frozenset({"key", "cert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,20 @@ class BundleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SigningConfig:
+    """Outbound signing (``[xoev.signing]``): the private key is a secret reference, read when used."""
+
+    key: SecretRef  # PEM private key (RSA or EC)
+    cert: bytes  # DER of the matching certificate (goes into KeyInfo)
+
+    def sign(self, document_bytes: bytes) -> bytes:
+        """``document_bytes`` with an enveloped XMLDSig signature (see :func:`gateway.xoev.signatures.sign_xml`)."""
+        from gateway.xoev.signatures import sign_xml  # signxml is imported only when signing
+
+        return sign_xml(document_bytes, self.key.resolve().encode("utf-8"), self.cert)
+
+
+@dataclass(frozen=True, slots=True)
 class XoevConfig:
     bundles: tuple[BundleConfig, ...]
     cache_dir: Path | None  # absolute; None disables the on-disk cache
@@ -64,6 +85,9 @@ class XoevConfig:
     max_issues: int = 50  # validation issues reported per document
     workers: int = 2  # validation worker processes
     validate_timeout: float = 30.0  # seconds per document, then the worker is killed
+    # DER certificates whose XML signatures are trusted (pinned by SHA-256 fingerprint when verifying)
+    trusted_certs: tuple[bytes, ...] = ()
+    signing: SigningConfig | None = None
 
     @property
     def limits(self) -> ParseLimits:
@@ -120,12 +144,60 @@ def parse_xoev_config(raw: Mapping[str, Any], *, base_dir: Path, file: str) -> X
         seen.add(bundle.name)
         bundles.append(bundle)
 
+    trusted = _trusted_certs(raw.get("trusted_certs", []), base_dir, file)
+    signing = _signing(raw["signing"], base_dir, file) if "signing" in raw else None
+
     return XoevConfig(
         bundles=tuple(bundles),
         cache_dir=cache_dir,
         validate_timeout=float(timeout),
+        trusted_certs=trusted,
+        signing=signing,
         **ints,
     )
+
+
+def _load_certificates(path: Path, key: str, file: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM file (one or more), or the one of a DER file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key, file=file) from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ConfigError(f"{path} holds no readable X.509 certificate (PEM or DER)", key=key, file=file) from None
+
+
+def _trusted_certs(value: Any, base_dir: Path, file: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError("must be an array of certificate file paths", key="xoev.trusted_certs", file=file)
+    out: list[bytes] = []
+    for index, item in enumerate(value):
+        certs = _load_certificates(base_dir / item, f"xoev.trusted_certs[{index}]", file)
+        out.extend(c.public_bytes(serialization.Encoding.DER) for c in certs)
+    return tuple(out)
+
+
+def _signing(value: Any, base_dir: Path, file: str) -> SigningConfig:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table with key and cert", key="xoev.signing", file=file)
+    _reject_unknown(value, _SIGNING_KEYS, "xoev.signing", file)
+    if "key" not in value:
+        raise ConfigError(
+            'is required (a secret: { file = "..." } or { env = "..." })', key="xoev.signing.key", file=file
+        )
+    try:
+        key = parse_secret_ref(value["key"], key="xoev.signing.key", base_dir=base_dir)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, key=exc.key, file=file) from None
+    cert_raw = value.get("cert")
+    if not isinstance(cert_raw, str) or not cert_raw:
+        raise ConfigError("must be the path of the signing certificate", key="xoev.signing.cert", file=file)
+    certs = _load_certificates(base_dir / cert_raw, "xoev.signing.cert", file)
+    return SigningConfig(key=key, cert=certs[0].public_bytes(serialization.Encoding.DER))
 
 
 def _parse_bundle(item: Any, key: str, base_dir: Path, file: str) -> BundleConfig:
