@@ -10,19 +10,72 @@ A rule matches when every key it names matches the message:
 No match → the ``[routing] fallback`` route if configured, else the message is rejected with the
 documented reason ``no-route``. Test messages go to ``[routing] test_route`` when set and are refused
 in production mode (``test-message-in-production``).
+
+After a route is chosen, its ``signature`` policy is enforced (:func:`signature_refusal`) against the
+signature verdict the channel recorded in the message metadata: ``signature-required`` /
+``signature-invalid``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from gateway.config import ROUTE_MATCH_KEYS, GatewayConfig, Route, RouteMatch
 from gateway.model import RoutingKeys
+from gateway.pipeline.problems import Problem
 
 PROBLEM_BASE = "https://ozg-gateway.example/problems/"
 NO_ROUTE = PROBLEM_BASE + "no-route"
 TEST_IN_PRODUCTION = PROBLEM_BASE + "test-message-in-production"
+SIGNATURE_REQUIRED = PROBLEM_BASE + "signature-required"  # route "required", the message carries no signature
+SIGNATURE_INVALID = PROBLEM_BASE + "signature-invalid"  # route "required"/"optional", the signature is not valid
+# Where channels record their signature verdict: a generic top-level "signature", else the channel's own
+# table (XÖV: metadata["xoev"]["signature"]). Each is {"status": "valid"|"absent"|"invalid", "code": ...}.
+SIGNATURE_METADATA_TABLES = ("xoev",)
+_CODE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+def signature_verdict(metadata: Mapping[str, Any]) -> tuple[str, str | None]:
+    """``(status, code)`` of the signature verdict a channel recorded; ``("absent", None)`` when none
+    was recorded (a channel that does not check signatures has, for the route, no valid signature)."""
+    found = metadata.get("signature")
+    if not isinstance(found, Mapping):
+        for table in SIGNATURE_METADATA_TABLES:
+            inner = metadata.get(table)
+            if isinstance(inner, Mapping) and isinstance(inner.get("signature"), Mapping):
+                found = inner["signature"]
+                break
+    if not isinstance(found, Mapping):
+        return "absent", None
+    status = found.get("status")
+    code = found.get("code")
+    # only a short token goes into problem details (they are logged and shown to the sender)
+    code = code if isinstance(code, str) and _CODE.fullmatch(code) else None
+    if status in ("valid", "invalid"):
+        return str(status), code
+    return "absent", code  # "absent", "ignored" (not checked) or anything unknown: not a valid signature
+
+
+def signature_refusal(route: Route, metadata: Mapping[str, Any]) -> Problem | None:
+    """The problem that refuses the message under ``route.signature``, or None when the policy is met."""
+    if route.signature == "ignored":
+        return None
+    status, code = signature_verdict(metadata)
+    if status == "valid":
+        return None
+    if status == "invalid":
+        detail = "the route accepts only valid signatures; the signature is invalid"
+        return Problem(
+            SIGNATURE_INVALID, "Signature is not valid", detail + (f" ({code})" if code else ""), "signature"
+        )
+    if route.signature == "required":
+        detail = "the route requires a valid signature; the message has none"
+        return Problem(SIGNATURE_REQUIRED, "Signature required", detail, "signature")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

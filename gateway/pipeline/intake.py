@@ -29,7 +29,7 @@ from gateway.model import (
 )
 from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
-from gateway.routing import Router
+from gateway.routing import Router, signature_refusal
 from gateway.store.base import Store, StoredMessage
 
 log = structlog.get_logger(__name__)
@@ -127,6 +127,9 @@ class Intake:
                     assert decision.rejection is not None
                     problem = Problem(decision.rejection, "Message could not be routed", decision.reason)
                     return await self._reject(stored, [problem], decision.reason)
+                refusal = signature_refusal(decision.route, env.metadata)
+                if refusal is not None:
+                    return await self._reject(stored, [refusal], refusal.detail)
                 ack = None
                 if env.ack is AckState.WAITING and self.accept_policy(channel) == "stored":
                     ack = AckState.PENDING
