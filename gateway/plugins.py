@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.builtin_plugins",
     "gateway.fitconnect.subscriber.plugin",
     "gateway.xoev.standards",
+    "gateway.xoev.intake",
 )
 
 
