@@ -70,7 +70,8 @@ _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 
 # Every xoev-http source of one gateway (keyed by its Intake): credentials of a sender of another
 # endpoint are "known, but not allowed here" (403), not "unknown" (401); paths must not collide.
-_DIRECTORY: weakref.WeakKeyDictionary[Intake, list[XoevHttpSource]] = weakref.WeakKeyDictionary()
+# Weak on both sides: a source references its intake, so a strong value would keep the key alive.
+_DIRECTORY: weakref.WeakKeyDictionary[Intake, weakref.WeakSet[XoevHttpSource]] = weakref.WeakKeyDictionary()
 _REFUSED: weakref.WeakKeyDictionary[Metrics, Counter] = weakref.WeakKeyDictionary()
 
 
@@ -133,7 +134,7 @@ class XoevHttpSource:
         outcome = intake_auth.authenticate(self.options.senders, authorization, fingerprint)
         if outcome.sender is not None:
             return outcome.sender
-        for other in _DIRECTORY.get(self.ctx.intake, []):
+        for other in list(_DIRECTORY.get(self.ctx.intake, ())):
             if other is not self and intake_auth.authenticate(other.options.senders, authorization, fingerprint).sender:
                 raise Refusal(403, SENDER_NOT_ALLOWED, "Sender not allowed", "this sender may not use this endpoint")
         challenge = f'Bearer realm="{self.name}"'
@@ -401,12 +402,12 @@ def create(ctx: SourceContext, options: Mapping[str, Any]) -> XoevHttpSource:
     if ctx.xoev is None:
         raise ConfigError("needs the [xoev] table (schema bundles) in gateway.toml", key="type")
     parsed = parse_options(ctx, options)
-    siblings = _DIRECTORY.setdefault(ctx.intake, [])
-    for other in siblings:
+    siblings = _DIRECTORY.setdefault(ctx.intake, weakref.WeakSet())
+    for other in list(siblings):
         if other.options.path == parsed.path:
             raise ConfigError(f"{parsed.path} is already the path of source {other.name!r}", key="path")
     source = XoevHttpSource(ctx, parsed, ctx.xoev)
-    siblings.append(source)
+    siblings.add(source)
     ctx.add_routes(
         [
             web.post(parsed.path, source.post_message, expect_handler=source.expect),

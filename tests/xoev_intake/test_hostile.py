@@ -146,6 +146,9 @@ async def test_still_healthy_afterwards(gateway: Gateway) -> None:
     async with gateway.session().get(gateway.base_url + "/healthz") as resp:
         assert resp.status == 200
         assert await resp.json() == {"status": "ok"}
+    async with gateway.session().get(gateway.base_url + "/readyz") as resp:
+        checks = (await resp.json())["checks"]
+        assert (checks["source:portal"], checks["source:behoerden"]) == ("ok", "ok")
     status, body, _ = await gateway.post(PORTAL, antrag(), sender="portal-a")
     assert status == 202
     assert (await gateway.settled(body["id"])).envelope.state is MessageState.ACKNOWLEDGED
