@@ -49,11 +49,14 @@ def peer_certificate_fingerprint(transport: Any) -> str | None:
 
 
 def _token_match(senders: Iterable[SenderConfig], token: str) -> SenderConfig | None:
-    # compare with every configured token (no early exit), so timing does not tell which one was close
-    presented = token.encode("utf-8")
+    # Compare with every configured token (no early exit), digests of equal length (the time does not
+    # depend on the tokens' lengths either), so timing tells nothing about which token was close.
+    presented = hashlib.sha256(token.encode("utf-8")).digest()
     found: SenderConfig | None = None
     for sender in senders:
-        if sender.token is not None and hmac.compare_digest(sender.token.encode("utf-8"), presented):
+        if sender.token is None:
+            continue
+        if hmac.compare_digest(hashlib.sha256(sender.token.encode("utf-8")).digest(), presented):
             found = sender
     return found
 
