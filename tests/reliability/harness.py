@@ -153,7 +153,7 @@ class GatewaySettings:
     adapter: dict[str, Any] = field(default_factory=dict)  # [adapters.fv] (default: filesystem)
     delivery: dict[str, Any] = field(default_factory=dict)
     retry: dict[str, Any] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)  # extra/overriding fitconnect options
+    source: dict[str, Any] | None = field(default_factory=dict)  # extra fitconnect options; None: no source
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -204,7 +204,7 @@ class GatewaySettings:
             "metadata_schema_dirs": [str(self.metadata_dir)],
             "data_schema_dirs": [str(DEMO_SCHEMAS)],
         }
-        source.update(self.source)
+        source.update(self.source or {})
         parts = [
             toml_table("gateway", {"mode": "test", "data_dir": str(self.directory), "instance_id": self.instance_id}),
             toml_table("store", store),
@@ -218,7 +218,7 @@ class GatewaySettings:
                 {"max_attempts": 40, "initial_delay": 0.2, "max_delay": 1.0, "max_age": 3600.0, **self.retry},
             ),
             toml_table(f"adapters.{ADAPTER}", adapter),
-            toml_table(f"sources.{SOURCE}", source),
+            toml_table(f"sources.{SOURCE}", source) if self.source is not None else "",
             toml_table("routing", {"fallback": "all"}),
             '[[routes]]\nname = "all"\nadapter = "' + ADAPTER + '"\n',
         ]
