@@ -182,12 +182,6 @@ async def test_sqlite_disk_full_fails_safe_and_recovers(tmp_path: Path, metadata
     assert verdict.ok, verdict.violations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (gateway/store/sqlite.py SQLiteStore._tx): SQLITE_FULL already rolled the transaction back, "
-    "the unconditional ROLLBACK then raises 'cannot rollback - no transaction is active', which replaces "
-    "'database or disk is full' in logs and tracebacks; fix: ROLLBACK only if conn.in_transaction",
-)
 async def test_sqlite_full_is_reported_as_full(tmp_path: Path) -> None:
     """An operator must read "database or disk is full", not a follow-up error of the error handling."""
     store = SQLiteStore(tmp_path / "gateway.db")
