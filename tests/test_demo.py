@@ -12,8 +12,9 @@ from gateway.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.shared
 def test_demo_delivers_accepts_and_rejects(
-    tmp_path: Path, fitconnect_shared: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fitconnect_shared: Path, xoev_shared: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workdir = tmp_path / "demo"
     code = main(

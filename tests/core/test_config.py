@@ -363,7 +363,9 @@ def test_check_config_exit_code_and_stderr(tmp_path: Path, capsys: pytest.Captur
     assert err == ""
 
 
-def test_repository_gateway_toml_parses() -> None:
+@pytest.mark.shared
+def test_repository_gateway_toml_parses(shared_dir: Path) -> None:
+    # [xoev] bundles live in ../shared/xoev: parsing the example checks that they exist.
     config = load_config(REPO_ROOT / "gateway.toml")  # the core parser, in place (no side effects)
     assert config.http.admin_token is not None
     assert config.routing.fallback == "poststelle"
