@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .harness import load_pg_helper
-
-LONG = os.environ.get("GATEWAY_RELIABILITY_LONG") == "1"
 
 
 @pytest.fixture(scope="session")

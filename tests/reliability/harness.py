@@ -307,17 +307,21 @@ class GatewayProcess:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.returncode
 
-    def cpu_seconds(self) -> float:
-        """user+system CPU seconds of the running process (Linux /proc), plus earlier killed ones."""
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the running process and its threads (Linux /proc)."""
         pid = self.pid
         if pid is None:
-            return self.cpu_of_dead
+            return 0.0, 0.0
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return self.cpu_of_dead
+            return 0.0, 0.0
         ticks = os.sysconf("SC_CLK_TCK")
-        return self.cpu_of_dead + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return int(fields[11]) / ticks, int(fields[12]) / ticks  # utime, stime
+
+    def cpu_seconds(self) -> float:
+        """user+system CPU seconds of the running process, plus those of earlier (killed) ones."""
+        return self.cpu_of_dead + sum(self.cpu_times())
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no lease release, no flush; exactly a crash."""
