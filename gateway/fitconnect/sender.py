@@ -388,7 +388,10 @@ class Sender:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+            # No total limit (large uploads take what they take), but a stalled connection or a silent
+            # server fails within a minute instead of aiohttp's default five.
+            timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=60)
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}, timeout=timeout)
         return self._session
 
     async def _access_token(self) -> str:
