@@ -149,7 +149,13 @@ class Drain:
 
 
 async def drain_once(
-    workdir: Path, metadata_dir: Path, n: int, attachments: int, *, profile: Path | None = None
+    workdir: Path,
+    metadata_dir: Path,
+    n: int,
+    attachments: int,
+    *,
+    profile: Path | None = None,
+    adapter_fsync: bool = True,
 ) -> Drain:
     """One drain; with ``profile``, py-spy samples the gateway during it (raw collapsed stacks)."""
     import os
@@ -164,6 +170,7 @@ async def drain_once(
             log_level="warning",
             delivery={"lease_seconds": 60.0},
             source={"poll_interval": 0.2, "max_parallel": 8},
+            adapter={"type": "filesystem", "directory": str(workdir / "out"), "fsync": adapter_fsync},
         )
         node = h.GatewayProcess(settings, argv_prefix=pinning(0))
         sandbox.set_destination_callback(
@@ -252,7 +259,10 @@ def main() -> int:
     parser.add_argument("--submissions", type=int, default=200)
     parser.add_argument("--attachments", type=int, default=1, help="attachments per submission (default 1)")
     parser.add_argument("--rounds", type=int, default=2, help="drains; the best is reported (default 2)")
-    parser.add_argument("--profile", action="store_true", help="one more drain under cProfile")
+    parser.add_argument("--profile", action="store_true", help="one more drain with py-spy sampling the gateway")
+    parser.add_argument(
+        "--no-adapter-fsync", action="store_true", help="filesystem adapter with fsync = false (what its fsyncs cost)"
+    )
     parser.add_argument("--shared", type=Path, help="folder with fitconnect/metadata*.json (default ../shared)")
     args = parser.parse_args()
     from gateway.logs import configure_logging
@@ -276,7 +286,17 @@ def main() -> int:
     drains = []
     for i in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="gw-bench-e2e-") as tmp:
-            drains.append(asyncio.run(drain_once(Path(tmp), metadata_dir, args.submissions, args.attachments)))
+            drains.append(
+                asyncio.run(
+                    drain_once(
+                        Path(tmp),
+                        metadata_dir,
+                        args.submissions,
+                        args.attachments,
+                        adapter_fsync=not args.no_adapter_fsync,
+                    )
+                )
+            )
         d = drains[-1]
         print(
             f"drain {i + 1}: {d.submissions} submissions in {d.wall:.2f} s wall, gateway CPU {d.cpu:.2f} s"

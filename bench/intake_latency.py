@@ -39,64 +39,14 @@ sys.path.insert(0, str(REPO / "plugins"))
 
 import aiohttp  # noqa: E402
 
-from tests.reliability.harness import free_port, gateway_env, toml_table, toml_value  # noqa: E402
+from tests.reliability import harness as h  # noqa: E402
+from tests.reliability.harness import free_port, gateway_env, toml_table  # noqa: E402
 
-NS = "urn:example:bench:antrag:1"
-ROOT = "antrag.Einreichen.0100"
-XSD = f"""<?xml version="1.0" encoding="UTF-8"?>
-<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:a="{NS}" targetNamespace="{NS}"
-           elementFormDefault="unqualified">
-  <xs:element name="{ROOT}">
-    <xs:complexType>
-      <xs:sequence>
-        <xs:element name="nachrichtenkopf.g2g" type="a:Kopf"/>
-        <xs:element name="antragsteller" type="xs:string"/>
-        <xs:element name="betrag" type="xs:decimal"/>
-        <xs:element name="begruendung" type="xs:string"/>
-      </xs:sequence>
-      <xs:attribute name="standard" type="xs:string"/>
-      <xs:attribute name="version" type="xs:string"/>
-      <xs:attribute name="test" type="xs:boolean"/>
-    </xs:complexType>
-  </xs:element>
-  <xs:complexType name="Kopf">
-    <xs:sequence>
-      <xs:element name="identifikation.nachricht">
-        <xs:complexType>
-          <xs:sequence>
-            <xs:element name="nachrichtenUUID" type="xs:string"/>
-            <xs:element name="erstellungszeitpunkt" type="xs:dateTime"/>
-          </xs:sequence>
-        </xs:complexType>
-      </xs:element>
-      <xs:element name="leser" type="a:Behoerde"/>
-      <xs:element name="autor" type="a:Behoerde"/>
-    </xs:sequence>
-  </xs:complexType>
-  <xs:complexType name="Behoerde">
-    <xs:sequence><xs:element name="kennung" type="xs:token"/></xs:sequence>
-  </xs:complexType>
-</xs:schema>
-"""
-TOKEN = "bench-token-" + "0123456789abcdef" * 2
+TOKEN = h.XOEV_TOKEN
 
 
 def message() -> bytes:
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<a:{ROOT} xmlns:a="{NS}" standard="Benchantrag" version="1.0">
-  <nachrichtenkopf.g2g>
-    <identifikation.nachricht>
-      <nachrichtenUUID>{uuid.uuid4()}</nachrichtenUUID>
-      <erstellungszeitpunkt>2026-11-24T10:15:00+01:00</erstellungszeitpunkt>
-    </identifikation.nachricht>
-    <leser><kennung>amt:0002</kennung></leser>
-    <autor><kennung>amt:0001</kennung></autor>
-  </nachrichtenkopf.g2g>
-  <antragsteller>Erika Mustermann</antragsteller>
-  <betrag>12.50</betrag>
-  <begruendung>{"Lorem ipsum dolor sit amet. " * 20}</begruendung>
-</a:{ROOT}>
-""".encode()
+    return h.xoev_message(str(uuid.uuid4()))
 
 
 BASELINE_SERVER = """
@@ -121,22 +71,14 @@ def pinning(core: int) -> list[str]:
 
 
 def write_config(work: Path, port: int) -> Path:
-    bundle = work / "bundle"
-    bundle.mkdir(parents=True)
-    (bundle / "antrag.xsd").write_text(XSD, encoding="utf-8")
-    bundle_table = {"name": "bench", "dir": str(bundle), "entries": ["antrag.xsd"]}
-    token_file = work / "token.txt"
-    token_file.write_text(TOKEN)
+    work.mkdir(parents=True, exist_ok=True)
     parts = [
         toml_table("gateway", {"mode": "test", "data_dir": str(work / "var")}),
         toml_table("store", {"path": str(work / "var" / "gateway.db"), "blob_dir": str(work / "var" / "blobs")}),
         toml_table("http", {"host": "127.0.0.1", "port": port}),
         toml_table("logging", {"format": "json", "level": "warning"}),
         toml_table("delivery", {"poll_interval": 0.1}),
-        toml_table("xoev", {"cache_dir": str(work / "xoev-cache"), "workers": 1}),
-        "[[xoev.bundles]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in bundle_table.items()),
-        toml_table("sources.portal", {"type": "xoev-http", "path": "/xoev/messages"}),
-        toml_table("sources.portal.senders.bench", {"token": {"file": str(token_file)}}),
+        h.xoev_intake_toml(work),
         toml_table("adapters.fv", {"type": "filesystem", "directory": str(work / "out")}),
         '[[routes]]\nname = "all"\nadapter = "fv"\n',
     ]
@@ -264,7 +206,7 @@ async def run(rate: float, seconds: float, work: Path) -> list[Result]:
     )
     try:
         await wait_up(f"http://127.0.0.1:{port}/healthz")
-        url = f"http://127.0.0.1:{port}/xoev/messages"
+        url = f"http://127.0.0.1:{port}{h.XOEV_PATH}"
         results.append(
             await open_loop("baseline: bare aiohttp POST -> 202", url, rate=rate, seconds=seconds, post=True)
         )
@@ -297,7 +239,7 @@ async def run(rate: float, seconds: float, work: Path) -> list[Result]:
         )
         xoev = await open_loop(
             "gateway: POST xoev-http -> 202 (durable)",
-            f"http://127.0.0.1:{port}/xoev/messages",
+            f"http://127.0.0.1:{port}{h.XOEV_PATH}",
             rate=rate,
             seconds=seconds,
             post=True,

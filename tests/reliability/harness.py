@@ -155,6 +155,7 @@ class GatewaySettings:
     retry: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] | None = field(default_factory=dict)  # extra fitconnect options; None: no source
     log_level: str = "info"
+    extra: str = ""  # more TOML, appended as is (e.g. an [xoev] table and an xoev-http source)
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -221,9 +222,90 @@ class GatewaySettings:
             toml_table(f"sources.{SOURCE}", source) if self.source is not None else "",
             toml_table("routing", {"fallback": "all"}),
             '[[routes]]\nname = "all"\nadapter = "' + ADAPTER + '"\n',
+            self.extra,
         ]
         self.config_path.write_text("\n".join(parts), encoding="utf-8")
         return self.config_path
+
+
+# -- an XÖV HTTP intake (xoev-http source) with a small test standard ------------------------------------
+
+XOEV_NS = "urn:example:reliability:antrag:1"
+XOEV_ROOT = "antrag.Einreichen.0100"
+XOEV_PATH = "/xoev/messages"
+XOEV_TOKEN = "reliability-xoev-token-" + "0123456789abcdef" * 2
+XOEV_XSD = f"""<?xml version="1.0" encoding="UTF-8"?>
+<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:a="{XOEV_NS}" targetNamespace="{XOEV_NS}"
+           elementFormDefault="unqualified">
+  <xs:element name="{XOEV_ROOT}">
+    <xs:complexType>
+      <xs:sequence>
+        <xs:element name="nachrichtenkopf.g2g" type="a:Kopf"/>
+        <xs:element name="antragsteller" type="xs:string"/>
+        <xs:element name="betrag" type="xs:decimal"/>
+        <xs:element name="begruendung" type="xs:string"/>
+      </xs:sequence>
+      <xs:attribute name="standard" type="xs:string"/>
+      <xs:attribute name="version" type="xs:string"/>
+      <xs:attribute name="test" type="xs:boolean"/>
+    </xs:complexType>
+  </xs:element>
+  <xs:complexType name="Kopf">
+    <xs:sequence>
+      <xs:element name="identifikation.nachricht">
+        <xs:complexType>
+          <xs:sequence>
+            <xs:element name="nachrichtenUUID" type="xs:string"/>
+            <xs:element name="erstellungszeitpunkt" type="xs:dateTime"/>
+          </xs:sequence>
+        </xs:complexType>
+      </xs:element>
+      <xs:element name="leser" type="a:Behoerde"/>
+      <xs:element name="autor" type="a:Behoerde"/>
+    </xs:sequence>
+  </xs:complexType>
+  <xs:complexType name="Behoerde">
+    <xs:sequence><xs:element name="kennung" type="xs:token"/></xs:sequence>
+  </xs:complexType>
+</xs:schema>
+"""
+
+
+def xoev_message(message_uuid: str) -> bytes:
+    """A schema-valid ~1.2 KB message of the test standard (g2g header: identified generically)."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<a:{XOEV_ROOT} xmlns:a="{XOEV_NS}" standard="Testantrag" version="1.0">
+  <nachrichtenkopf.g2g>
+    <identifikation.nachricht>
+      <nachrichtenUUID>{message_uuid}</nachrichtenUUID>
+      <erstellungszeitpunkt>2026-11-24T10:15:00+01:00</erstellungszeitpunkt>
+    </identifikation.nachricht>
+    <leser><kennung>amt:0002</kennung></leser>
+    <autor><kennung>amt:0001</kennung></autor>
+  </nachrichtenkopf.g2g>
+  <antragsteller>Erika Mustermann</antragsteller>
+  <betrag>12.50</betrag>
+  <begruendung>{"Lorem ipsum dolor sit amet. " * 20}</begruendung>
+</a:{XOEV_ROOT}>
+""".encode()
+
+
+def xoev_intake_toml(directory: Path, *, source: str = "portal") -> str:
+    """``[xoev]`` with the test standard's bundle, and an ``xoev-http`` source at :data:`XOEV_PATH`."""
+    bundle = directory / "xoev-bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "antrag.xsd").write_text(XOEV_XSD, encoding="utf-8")
+    token_file = directory / "xoev-token.txt"
+    token_file.write_text(XOEV_TOKEN)
+    bundle_table = {"name": "reliability", "dir": str(bundle), "entries": ["antrag.xsd"]}
+    return "\n".join(
+        [
+            toml_table("xoev", {"cache_dir": str(directory / "xoev-cache"), "workers": 1}),
+            "[[xoev.bundles]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in bundle_table.items()),
+            toml_table(f"sources.{source}", {"type": "xoev-http", "path": XOEV_PATH}),
+            toml_table(f"sources.{source}.senders.portal", {"token": {"file": str(token_file)}}),
+        ]
+    )
 
 
 # -- gateway process ----------------------------------------------------------------------------------

@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway.delivery import acks as acks_module
@@ -210,3 +213,44 @@ def _envelope() -> Envelope:
         routing=RoutingKeys(service=h.GEWERBE_SERVICE),
         metadata={"padding": "x" * 2000},
     )
+
+
+async def test_xoev_intake_never_answers_202_without_a_commit(tmp_path: Path) -> None:
+    """The XÖV HTTP intake with the database full: no 202 (a 5xx, never a 4xx that would blame the
+    sender) for what was not committed; every 202 is in the store; a resend after recovery is taken."""
+    settings = h.GatewaySettings(
+        directory=tmp_path / "gw", api_url="", metadata_dir=tmp_path, source=None, extra=h.xoev_intake_toml(tmp_path)
+    )
+    headers = {"Authorization": f"Bearer {h.XOEV_TOKEN}", "Content-Type": "application/xml"}
+    answers: dict[str, int] = {}
+    async with in_process_gateway(settings) as gateway, aiohttp.ClientSession(headers=headers) as http:
+        assert gateway.runtime is not None
+        store = gateway.runtime.store
+        assert isinstance(store, SQLiteStore)
+        url = settings.url + h.XOEV_PATH
+
+        async def post(message_uuid: str) -> int:
+            async with http.post(url, data=h.xoev_message(message_uuid)) as resp:
+                await resp.read()
+                return resp.status
+
+        async def validator_ready() -> bool:
+            async with http.get(settings.url + "/readyz") as resp:
+                return resp.status == 200
+
+        await h.wait_until(validator_ready, within=90, what="the XÖV validator worker")
+        assert await post(str(uuid.uuid4())) == 202
+        await store._run(lambda c: c.execute(f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0]}"))
+        for _ in range(40):
+            message_uuid = str(uuid.uuid4())
+            answers[message_uuid] = await post(message_uuid)
+        refused = [u for u, status in answers.items() if status != 202]
+        assert refused, "the limit never bit: the test proves nothing"
+        assert all(500 <= answers[u] < 600 for u in refused), sorted(set(answers.values()))
+        await store._run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        for message_uuid in refused:  # the sender retries what was not acknowledged
+            answers[message_uuid] = await post(message_uuid)
+        assert set(answers.values()) == {202}
+        stored = Counter(m.envelope.source.reference for m in await h.store_messages(store))
+    for message_uuid in answers:
+        assert stored[message_uuid] == 1, f"{message_uuid}: {stored[message_uuid]} messages for one 202"
