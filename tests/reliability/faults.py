@@ -32,22 +32,25 @@ HOP_BY_HOP = frozenset(
 
 @dataclass
 class Schedule:
-    """Fault ``kinds`` on every ``every``-th request, ``budget`` faults in all: first each kind once (as
-    soon as a request comes that it applies to), then in turn."""
+    """Fault ``kinds`` on every ``every``-th request *of each request class* (``classify``), ``budget``
+    faults in all. Each kind is injected once first, as soon as a fault slot comes that it applies to
+    (in list order: put the kinds that apply to few requests first), then the kinds take turns."""
 
     kinds: Sequence[str]
     every: int = 2
     budget: int = 40
     eligible: Callable[[str, str, str], bool] = lambda kind, method, path: True
-    seen: int = 0
+    classify: Callable[[str, str], str] = lambda method, path: "all"
+    seen: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
     _next: int = 0
 
     def decide(self, method: str, path: str) -> str:
-        self.seen += 1
-        if sum(self.injected.values()) >= self.budget or self.seen % self.every:
+        stream = self.classify(method, path)
+        self.seen[stream] += 1
+        if sum(self.injected.values()) >= self.budget or self.seen[stream] % self.every:
             return "pass"
-        for kind in self.kinds:  # first every kind once, as soon as a request it applies to comes
+        for kind in self.kinds:
             if not self.injected[kind] and self.eligible(kind, method, path):
                 self.injected[kind] += 1
                 return kind
@@ -72,8 +75,24 @@ def _abort(request: web.Request) -> None:
 
 # -- the Zustelldienst proxy ----------------------------------------------------------------------------
 
-ZSD_FAULTS = ("500", "closed", "lost-response", "503", "timeout", "cut-body", "409", "502", "slow", "429")
+# 409 applies only to posting an event, cut-body only to GETs: they come first (see Schedule).
+ZSD_FAULTS = ("409", "cut-body", "500", "closed", "lost-response", "503", "timeout", "502", "slow", "429")
 _EVENTS = re.compile(r"/v[12]/cases/[^/]+/events$")
+_ATTACHMENT = re.compile(r"/v[12]/submissions/[^/]+/attachments/[^/]+$")
+_SUBMISSION = re.compile(r"/v[12]/submissions/[^/]+$")
+
+
+def zsd_class(method: str, path: str) -> str:
+    """The kind of Submission API call, so that every kind of call gets its share of faults."""
+    if _EVENTS.search(path):
+        return "post-event" if method == "POST" else "event-log"
+    if _ATTACHMENT.search(path):
+        return "attachment"
+    if _SUBMISSION.search(path):
+        return "submission"
+    if path.endswith("/submissions"):
+        return "listing"
+    return "token" if path.endswith("/token") else "other"
 
 
 def zsd_eligible(kind: str, method: str, path: str) -> bool:

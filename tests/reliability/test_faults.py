@@ -30,7 +30,16 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.testing import running_sandbox
 
 from . import harness as h
-from .faults import BACK_OFFICE_FAULTS, ZSD_FAULTS, BackOffice, Schedule, fault_proxy, in_process_gateway, zsd_eligible
+from .faults import (
+    BACK_OFFICE_FAULTS,
+    ZSD_FAULTS,
+    BackOffice,
+    Schedule,
+    fault_proxy,
+    in_process_gateway,
+    zsd_class,
+    zsd_eligible,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +115,7 @@ async def test_zustelldienst_errors_timeouts_conflicts_and_lost_answers(tmp_path
     """The Submission API (and token endpoint) answering 5xx/429/409, timing out, closing connections,
     cutting downloads and losing the answer to an accept that it recorded: nothing is rejected by
     mistake, everything is delivered once and accepted once."""
-    schedule = Schedule(ZSD_FAULTS, every=3, budget=40, eligible=zsd_eligible)
+    schedule = Schedule(ZSD_FAULTS, every=3, budget=40, eligible=zsd_eligible, classify=zsd_class)
     async with (
         running_sandbox(h.example_sandbox_config()) as sandbox,
         fault_proxy(sandbox.base_url, schedule, hang=2.5) as proxy,
