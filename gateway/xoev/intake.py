@@ -46,6 +46,7 @@ from gateway.xoev.intake_problems import (
     MESSAGE_NOT_FOUND,
     MESSAGE_UUID_CONFLICT,
     SENDER_NOT_ALLOWED,
+    STORE_UNAVAILABLE,
     TEST_MESSAGE_REFUSED,
     UNAUTHORIZED,
     VALIDATION_UNAVAILABLE,
@@ -192,6 +193,18 @@ class XoevHttpSource:
             return await self._accept(sender, body)
         except Refusal as refusal:
             return self._refuse(refusal, sender)
+        except Exception:
+            # Storing failed (disk full, database down): nothing was committed, so nothing was accepted.
+            # 503 + Retry-After tells the sender to come back, instead of a generic 500 per request.
+            log.exception("xoev.intake.store_failed", source=self.name)
+            unavailable = Refusal(
+                503,
+                STORE_UNAVAILABLE,
+                "The message could not be stored",
+                "nothing was accepted; retry later",
+                headers={"Retry-After": "60"},
+            )
+            return self._refuse(unavailable, sender)
         finally:
             if body is not None:
                 body.abort()  # whatever was not committed (refused or failed) is removed
