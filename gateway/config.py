@@ -181,6 +181,8 @@ class DeliverySection:
     poll_interval: float = 0.5
     batch_size: int = 32
     shutdown_grace: float = 20.0
+    ack_retry_initial: float = 5.0  # first retry of a failed upstream acknowledgement
+    ack_retry_max: float = 3600.0  # slowest pace (also for acks upstream refused permanently)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +413,8 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> GatewayConfig:
         poll_interval=d.get("poll_interval", float, 0.5, check=_positive),
         batch_size=d.get("batch_size", int, 32, check=_positive),
         shutdown_grace=d.get("shutdown_grace", float, 20.0, check=_non_negative),
+        ack_retry_initial=d.get("ack_retry_initial", float, 5.0, check=_positive),
+        ack_retry_max=d.get("ack_retry_max", float, 3600.0, check=_positive),
     )
     d.finish()
 

@@ -174,6 +174,7 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         slots[name] = AdapterSlot(adapters[name], inst.concurrency)
 
     sources: dict[str, Source] = {}
+    route_owners: dict[tuple[str, str], str] = {}
     runtime_ref: list[Runtime] = []
 
     def accept_policy(channel: str) -> str:
@@ -194,7 +195,13 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         owner=f"{config.gateway.instance_id or 'gw'}-{uuid.uuid4().hex[:12]}",
     )
     acker = AckWorker(
-        store=store, sources=sources, metrics=metrics, lease_seconds=config.delivery.lease_seconds, plugins=plugins
+        store=store,
+        sources=sources,
+        metrics=metrics,
+        lease_seconds=config.delivery.lease_seconds,
+        plugins=plugins,
+        retry_initial=config.delivery.ack_retry_initial,
+        retry_max=config.delivery.ack_retry_max,
     )
     worker.on_ack_due = acker.wake
     intake = Intake(
@@ -227,10 +234,22 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
             xoev=xoev,
             max_body_bytes=config.http.max_body_bytes,
         )
+        before = len(routes)
         try:
             sources[name] = source_type.create(sctx, inst.options)
         except ConfigError as exc:
             errors.append(exc.at(key_prefix=inst.key))
+        for route in routes[before:]:
+            # Two channels on one path would silently shadow each other (aiohttp serves the first).
+            if isinstance(route, web.RouteDef):
+                owner = route_owners.setdefault((route.method, route.path), name)
+                if owner != name:
+                    errors.append(
+                        ConfigError(
+                            f"HTTP route {route.method} {route.path} is already used by source {owner!r}",
+                            key=inst.key,
+                        )
+                    )
     if errors:
         raise ConfigErrors([ConfigError(e.reason, key=e.key, file=str(config.file)) for e in errors])
     runtime = Runtime(

@@ -38,6 +38,8 @@ class AckWorker:
         metrics: Metrics,
         lease_seconds: float = 120.0,
         poll_interval: float = 1.0,
+        retry_initial: float = ACK_RETRY_INITIAL,
+        retry_max: float = ACK_RETRY_MAX,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         plugins: PluginHost | None = None,
@@ -48,6 +50,8 @@ class AckWorker:
         self.metrics = metrics
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
         self.owner = owner or f"acker-{uuid.uuid4().hex[:12]}"
         self.clock = clock
         self._wake = asyncio.Event()
@@ -91,12 +95,12 @@ class AckWorker:
                 except Exception as exc:
                     log.exception("ack_raised")
                     done, reason = False, f"acknowledge raised {type(exc).__name__}"
-            delay = min(ACK_RETRY_MAX, ACK_RETRY_INITIAL * 2 ** max(stored.ack_attempts - 1, 0))
+            delay = min(self.retry_max, self.retry_initial * 2 ** max(stored.ack_attempts - 1, 0))
             if permanent:
                 # Upstream says retrying cannot help. The ack stays pending (never dropped: the
                 # application's outcome must reach upstream), retried at the slowest pace and
                 # visible to operators in metrics (result="permanent") and the audit trail.
-                delay = ACK_RETRY_MAX
+                delay = self.retry_max
                 log.error("ack_refused_permanently", source=channel)
             try:
                 after = await self.store.complete_ack(

@@ -35,6 +35,7 @@ DEFAULT_MAX_ATTACHMENT = 500 * MIB  # FIT-Connect's limit per attachment
 DEFAULT_MAX_DATA = 64 * MIB
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_PARALLEL = 4
+DEFAULT_REQUEST_TIMEOUT = 60.0  # one Submission API call (an attachment download: per read, see client)
 MAX_PAGE_SIZE = 500
 _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 _CALLBACK_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
@@ -65,6 +66,7 @@ KNOWN_OPTIONS = frozenset(
         "require_data_schemas",
         "page_size",
         "max_parallel",
+        "request_timeout",
     }
 )
 
@@ -95,6 +97,7 @@ class SubscriberOptions:
     require_data_schemas: bool
     page_size: int
     max_parallel: int
+    request_timeout: float
     production: bool
 
     def __repr__(self) -> str:  # never show secrets or key material
@@ -206,6 +209,13 @@ def _dirs(opts: _Options, key: str) -> list[tuple[Path, str]]:
             raise ConfigError(f"{path} is not a directory", key=key)
         out.append((path, key))
     return out
+
+
+def _request_timeout(opts: Any) -> float:
+    value = float(opts.get("request_timeout", (int, float), DEFAULT_REQUEST_TIMEOUT))
+    if value <= 0:
+        raise ConfigError("must be > 0 (seconds)", key="request_timeout")
+    return value
 
 
 def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptions:
@@ -350,5 +360,6 @@ def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptio
         require_data_schemas=bool(opts.get("require_data_schemas", bool, True)),
         page_size=opts.positive_int("page_size", DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE),
         max_parallel=opts.positive_int("max_parallel", DEFAULT_PARALLEL, maximum=64),
+        request_timeout=_request_timeout(opts),
         production=production,
     )

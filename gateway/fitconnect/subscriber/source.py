@@ -51,6 +51,7 @@ class FitConnectSource:
         self.api = SubmissionApi(
             base_url=options.submission_api_url,
             profile=options.profile,
+            timeout=options.request_timeout,
             tokens_for=lambda session: TokenProvider(
                 session, options.token_url, options.client_id, options.client_secret
             ),
