@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.model import AckState, Envelope, MessageState
+from gateway.model import AckState, Envelope, MessageState, check_transition
 from gateway.pipeline.problems import Problem
 
 GENESIS_HASH = "0" * 64
@@ -132,6 +132,54 @@ class StoredMessage:
     ack_attempts: int = 0
     updated_at: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def transition_changes(
+    message_id: str,
+    row: Any,  # the message row (sqlite3.Row or a dict): lease_owner, lease_until, state
+    target: MessageState,
+    *,
+    now: float,
+    lease_owner: str | None,
+    route: str | None,
+    adapter: str | None,
+    next_attempt_at: float | None,
+    problems: Sequence[Problem] | None,
+    ack: AckState | None,
+    last_error: str | None,
+    reset_attempts: bool,
+) -> tuple[MessageState, dict[str, Any]]:
+    """What a transition changes on a message row: the one definition both backends apply.
+
+    Checks the lease (``lease_owner``: the caller must still hold a live lease) and the state
+    machine; returns the current state and the column values to set (``problems`` as JSON text).
+    """
+    if lease_owner is not None and (row["lease_owner"] != lease_owner or (row["lease_until"] or 0) < now):
+        raise LeaseLost(message_id)
+    current = MessageState(row["state"])
+    check_transition(message_id, current, target)
+    sets: dict[str, Any] = {"state": target.value, "updated_at": now, "lease_owner": None, "lease_until": None}
+    if route is not None:
+        sets["route"] = route
+    if adapter is not None:
+        sets["adapter"] = adapter
+    if target in (MessageState.ROUTED, MessageState.FAILED):
+        sets["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+    if target is MessageState.ROUTED and current is not MessageState.FAILED:
+        sets["queued_at"] = now  # max_age of the retry policy counts from here (operator retry: anew)
+    if problems is not None:
+        sets["problems"] = json.dumps(
+            [p.as_dict() for p in problems], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+    if ack is not None:
+        sets["ack"] = ack.value
+        if ack is AckState.PENDING:
+            sets["ack_next_at"] = now
+    if last_error is not None:
+        sets["last_error"] = last_error
+    if reset_attempts:
+        sets["attempts"] = 0
+    return current, sets
 
 
 class Store(Protocol):

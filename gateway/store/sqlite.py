@@ -35,6 +35,7 @@ from gateway.store.base import (
     MessageNotFound,
     StoredMessage,
     audit_hash,
+    transition_changes,
     verify_chain,
 )
 
@@ -468,34 +469,20 @@ class SQLiteStore:
         def fn(conn: sqlite3.Connection) -> StoredMessage:
             row = self._load(conn, message_id)
             now = self.clock()
-            if lease_owner is not None and (row["lease_owner"] != lease_owner or (row["lease_until"] or 0) < now):
-                raise LeaseLost(message_id)
-            current = MessageState(row["state"])
-            check_transition(message_id, current, target)
-            sets: dict[str, Any] = {
-                "state": target.value,
-                "updated_at": now,
-                "lease_owner": None,
-                "lease_until": None,
-            }
-            if route is not None:
-                sets["route"] = route
-            if adapter is not None:
-                sets["adapter"] = adapter
-            if target in (MessageState.ROUTED, MessageState.FAILED):
-                sets["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
-            if target is MessageState.ROUTED and (current is not MessageState.FAILED):
-                sets["queued_at"] = now
-            if problems is not None:
-                sets["problems"] = _dumps([p.as_dict() for p in problems])
-            if ack is not None:
-                sets["ack"] = ack.value
-                if ack is AckState.PENDING:
-                    sets["ack_next_at"] = now
-            if last_error is not None:
-                sets["last_error"] = last_error
-            if reset_attempts:
-                sets["attempts"] = 0
+            current, sets = transition_changes(
+                message_id,
+                row,
+                target,
+                now=now,
+                lease_owner=lease_owner,
+                route=route,
+                adapter=adapter,
+                next_attempt_at=next_attempt_at,
+                problems=problems,
+                ack=ack,
+                last_error=last_error,
+                reset_attempts=reset_attempts,
+            )
             assignments = ", ".join(f"{k} = ?" for k in sets)
             conn.execute(f"UPDATE messages SET {assignments} WHERE id = ?", (*sets.values(), message_id))  # noqa: S608
             self._append_audit(
