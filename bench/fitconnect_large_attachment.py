@@ -216,7 +216,7 @@ def main() -> int:
     print(f"attachment: {mbs:.0f} MB random bytes, state {r['state']}")
     print(f"peak RSS growth of the gateway process: {growth:.1f} MiB (baseline {r['baseline_rss'] / 2**20:.0f} MiB)")
     print(
-        f"receive path (poll -> download -> JWE stream decrypt -> SHA-512 (once, in the blob writer) -> blob fsync -> deliver -> accept): "
+        f"receive path (poll -> download -> JWE stream decrypt -> SHA-512 once -> blob fsync -> deliver -> accept): "
         f"{r['receive_seconds']:.2f} s = {mbs / r['receive_seconds']:.0f} MB/s"
     )
     print(

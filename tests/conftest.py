@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback_server import Loopback, serve_loopback
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,3 +43,10 @@ def xoev_shared(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture
+def loopback() -> Iterator[Loopback]:
+    """A loopback HTTP server counting requests: hostile-input tests assert it was never contacted."""
+    with serve_loopback() as server:
+        yield server

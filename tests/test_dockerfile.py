@@ -29,7 +29,8 @@ def _instruction(name: str) -> str:
 
 def _exec_form(value: str) -> list[str]:
     parsed = json.loads(value)
-    assert isinstance(parsed, list) and all(isinstance(p, str) for p in parsed), "exec form expected"
+    assert isinstance(parsed, list), "exec form expected"
+    assert all(isinstance(p, str) for p in parsed), "exec form expected"
     return parsed
 
 
@@ -100,7 +101,8 @@ adapter = "out"
         _out, err = proc.communicate(timeout=5)
         lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
         events = [line["event"] for line in lines]
-        assert "gateway_started" in events and "gateway_stopped" in events
+        assert "gateway_started" in events
+        assert "gateway_stopped" in events
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -38,5 +38,7 @@ def test_wheel_contains_every_module_and_entry_point(tmp_path: Path) -> None:
     assert {"gateway/py.typed", "gateway_filesystem/py.typed", "gateway_webhook/py.typed"} <= names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[gateway]" in text and "filesystem = gateway_filesystem" in text and "webhook = gateway_webhook" in text
+    assert "[gateway]" in text
+    assert "filesystem = gateway_filesystem" in text
+    assert "webhook = gateway_webhook" in text
     assert "gateway = gateway.cli:main" in text

@@ -8,13 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from loopback_server import Loopback
 from lxml import etree
 
 from gateway.xoev.decode import validate_xml
 from gateway.xoev.parsing import ParseLimits, XmlRejected, parse_with_limits, parse_xml
 from gateway.xoev.registry import SchemaRegistry
-
-from .conftest import Loopback
 
 pytestmark = pytest.mark.timeout(120)
 

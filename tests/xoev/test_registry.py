@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback_server import Loopback
 from lxml import etree
 
 from gateway.xoev import cache as cache_module
 from gateway.xoev.config import XoevConfig, parse_xoev_config
 from gateway.xoev.decode import validate_xml
 from gateway.xoev.registry import RegistryError, SchemaRegistry, compile_lxml
-
-from .conftest import Loopback
 
 XS = "http://www.w3.org/2001/XMLSchema"
 GENERICODE = "http://docs.oasis-open.org/codelist/ns/genericode/1.0/"

@@ -17,13 +17,11 @@ import os
 import secrets
 import socket
 import ssl
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -515,38 +513,3 @@ async def gateway(
 
 
 # -- a loopback server that must never be contacted -------------------------------------------------
-
-
-@dataclass
-class Loopback:
-    url: str
-    hits: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def loopback() -> Iterator[Loopback]:
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            body = b'<!ENTITY leak "LEAKED-FROM-NETWORK">'
-            if self.path.endswith(".xsd"):
-                body = b'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"/>'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield Loopback(f"http://127.0.0.1:{server.server_address[1]}", hits)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

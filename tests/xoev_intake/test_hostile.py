@@ -9,10 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from loopback_server import Loopback
 
 from gateway.model import MessageState
 
-from .conftest import Gateway, Loopback, antrag
+from .conftest import Gateway, antrag
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
