@@ -212,6 +212,7 @@ def consistency_problems(
     destination_reply_channels: Any,
     schemas: SchemaIndex,
     require_data_schemas: bool,
+    xoev_namespaces: frozenset[str] = frozenset(),
 ) -> list[Problem]:
     """§9.12 - §9.16: service, data schema, attachment sets, data presence, reply channel. All reported."""
     problems: list[Problem] = []
@@ -242,7 +243,7 @@ def consistency_problems(
                     "for this service",
                 )
             )
-        elif require_data_schemas and not has_local_schema(schemas, declared):
+        elif require_data_schemas and not has_local_schema(schemas, declared, xoev_namespaces):
             problems.append(
                 problem("data-unsupported-schema", "the gateway has no local copy of the data's submission schema")
             )
@@ -281,12 +282,28 @@ def _safe_name(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z]{1,32}", name) else "<unknown>"
 
 
-def has_local_schema(schemas: SchemaIndex, declared: DeclaredData) -> bool:
+def has_local_schema(
+    schemas: SchemaIndex, declared: DeclaredData, xoev_namespaces: frozenset[str] = frozenset()
+) -> bool:
+    """Whether the data's schema is available offline: in ``data_schema_dirs`` or, for XML whose
+    schemaUri is an XÖV namespace, in the gateway's XÖV schema registry (``[xoev]``)."""
     if declared.mime_type == MIME_JSON:
         return schemas.json_schema(declared.schema_uri) is not None
     if declared.mime_type == MIME_XML:
-        return schemas.xsd(declared.schema_uri) is not None
+        return schemas.xsd(declared.schema_uri) is not None or declared.schema_uri in xoev_namespaces
     return False
+
+
+def xoev_issue_problems(declared: DeclaredData, namespace: str, issues: Sequence[Any]) -> list[Problem]:
+    """Problems for XML data the XÖV registry validated (§9.21), described by path and rule only."""
+    if namespace != declared.schema_uri:
+        return [problem("data-schema-violation", "the data's root element is not in the declared schema's namespace")]
+    if not issues:
+        return []
+    described = [
+        SchemaIssue(str(i.rule or "xsd"), f"{i.path} (line {i.line})" if i.line else str(i.path)) for i in issues
+    ]
+    return [problem("data-schema-violation", _issues_detail("data violates its XÖV schema", described))]
 
 
 # -- data ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from gateway.fitconnect.jose import (
 )
 from gateway.fitconnect.subscriber.attachments import ReceivedAttachment, encrypted_bound, receive_attachment
 from gateway.fitconnect.subscriber.checks import (
+    MIME_XML,
     CheckFailed,
     DeclaredData,
     MetadataInfo,
@@ -50,6 +51,7 @@ from gateway.fitconnect.subscriber.checks import (
     metadata_schema,
     parse_metadata,
     validate_metadata,
+    xoev_issue_problems,
 )
 from gateway.fitconnect.subscriber.client import ApiError, SubmissionApi, TooLarge
 from gateway.fitconnect.subscriber.eventlog import KeyResolver, LogProblem, fetch_event_log, submit_tags
@@ -58,6 +60,8 @@ from gateway.model import BlobRef, RoutingKeys, SourceRef
 from gateway.pipeline.intake import IncomingMessage
 from gateway.pipeline.problems import Problem
 from gateway.store.blobs import BlobStore
+from gateway.xoev.parsing import XmlRejected
+from gateway.xoev.validator import ValidationUnavailable, XoevValidator
 
 log = structlog.get_logger(__name__)
 
@@ -118,13 +122,19 @@ class Receiver:
         keys: KeyResolver,
         blobs: BlobStore,
         destination: DestinationCache,
+        xoev: XoevValidator | None = None,
     ) -> None:
         self.options = options
         self.api = api
         self.keys = keys
         self.blobs = blobs
         self.destination = destination
+        self.xoev = xoev  # the gateway's XÖV registry: XML data whose schemaUri is an XÖV namespace
         self._keys = list(options.decryption_keys)
+
+    def xoev_namespaces(self) -> frozenset[str]:
+        registry = self.xoev.registry if self.xoev is not None else None
+        return frozenset(e.namespace for e in registry.entries()) if registry is not None else frozenset()
 
     # -- the stages ----------------------------------------------------------------------------------
 
@@ -252,6 +262,7 @@ class Receiver:
             destination_reply_channels=destination.get("replyChannels"),
             schemas=self.options.schemas,
             require_data_schemas=self.options.require_data_schemas,
+            xoev_namespaces=self.xoev_namespaces(),
         )
         if problems:
             raise CheckFailed(problems)
@@ -287,7 +298,27 @@ class Receiver:
             check_data(plaintext, declared, self.options.schemas, max_bytes=bound)
 
         await asyncio.to_thread(verify)
+        if (
+            declared.mime_type == MIME_XML
+            and self.options.schemas.xsd(declared.schema_uri) is None
+            and declared.schema_uri in self.xoev_namespaces()
+        ):
+            await self._validate_with_registry(plaintext, declared)
         found.data = plaintext
+
+    async def _validate_with_registry(self, plaintext: bytes, declared: DeclaredData) -> None:
+        """XML data through the same XÖV registry and hardened worker pool as the XÖV HTTP intake."""
+        assert self.xoev is not None
+        try:
+            outcome = await self.xoev.validate_xml(plaintext)
+        except XmlRejected as exc:
+            where = f" (line {exc.line})" if exc.line is not None else ""
+            raise fail("data-syntax-violation", f"XML data refused by the hardened parser: {exc.code}{where}") from None
+        except ValidationUnavailable:
+            raise Skip("the XÖV validator is not available right now") from None
+        problems = xoev_issue_problems(declared, outcome.namespace, outcome.issues)
+        if problems:
+            raise CheckFailed(problems)
 
     async def _attachments(self, found: Findings) -> None:
         assert found.metadata is not None

@@ -58,7 +58,7 @@ class FitConnectSource:
         )
         self.keys = KeyResolver(self.api, options.trust_anchors, options.allow_self_signed)
         self.destination = DestinationCache(self.api, options.destination_id)
-        self.receiver = Receiver(options, self.api, self.keys, ctx.blobs, self.destination)
+        self.receiver = Receiver(options, self.api, self.keys, ctx.blobs, self.destination, xoev=ctx.xoev)
         self.acknowledger = Acknowledger(options, self.api, self.keys)
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
