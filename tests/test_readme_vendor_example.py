@@ -64,6 +64,10 @@ def vendor_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_readme_vendor_package_installs_registers_and_delivers(
     vendor_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Another test installs a different package with the same module name (the README's name is the
+    # natural one): make sure this test imports the README's code, not a module cached before.
+    for name in [m for m in sys.modules if m == "acme_gateway_adapter" or m.startswith("acme_gateway_adapter.")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(vendor_site))
     host = PluginHost.load()
     info = next(i for i in host.infos if i.name == "acme")
