@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -50,7 +49,14 @@ def rss() -> int:
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: the high-water mark of this process's own address space. Not getrusage's ru_maxrss:
+    # Linux folds the pre-exec image's high-water mark into it, so a child exec'ed from a large
+    # parent (pytest after a thousand tests) would report the parent's size as its own peak.
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def write_random(path: Path, size: int) -> None:
