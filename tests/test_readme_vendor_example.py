@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from vendor_install import pip_install_target
 
 from gateway.config import parse_config
 from gateway.errors import ConfigErrors
@@ -36,26 +36,7 @@ def vendor_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (pkg / "pyproject.toml").write_text(_block("pyproject.toml"), encoding="utf-8")
     (pkg / "acme_gateway_adapter" / "__init__.py").write_text(_block("acme_gateway_adapter/__init__.py"))
     (pkg / "tests" / "test_acme.py").write_text(_block("tests/test_acme.py"), encoding="utf-8")
-    target = root / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-index",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(pkg),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    target = pip_install_target(pkg, root / "site")
     # The package's own test (from the README) is imported from the install target under a unique name.
     (target / "readme_test_acme.py").write_text(_block("tests/test_acme.py"), encoding="utf-8")
     return target

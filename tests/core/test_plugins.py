@@ -4,13 +4,12 @@ block lists filter them, mistakes fail startup, and a separately installed vendo
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from vendor_install import pip_install_target
 
 import gateway_filesystem
 from core.support import incoming, write_config
@@ -93,25 +92,7 @@ def acme_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (pkg / "pyproject.toml").write_text(ACME_PYPROJECT, encoding="utf-8")
     (pkg / "acme_gateway_adapter.py").write_text(ACME_MODULE, encoding="utf-8")
     (pkg / "acme_broken.py").write_text('raise ImportError("vendor bug")\n', encoding="utf-8")
-    target = root / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-index",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(pkg),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    target = pip_install_target(pkg, root / "site")
     assert (target / "acme_gateway_adapter.py").is_file()
     return target
 
