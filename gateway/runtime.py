@@ -180,6 +180,15 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
     def accept_policy(channel: str) -> str:
         return runtime_ref[0].accept_policy(channel) if runtime_ref else "delivered"
 
+    acker = AckWorker(
+        store=store,
+        sources=sources,
+        metrics=metrics,
+        lease_seconds=config.delivery.lease_seconds,
+        plugins=plugins,
+        retry_initial=config.delivery.ack_retry_initial,
+        retry_max=config.delivery.ack_retry_max,
+    )
     worker = DeliveryWorker(
         store=store,
         blobs=blobs,
@@ -193,17 +202,9 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         poll_interval=config.delivery.poll_interval,
         # Unique per process: two instances sharing a database must never share a lease owner.
         owner=f"{config.gateway.instance_id or 'gw'}-{uuid.uuid4().hex[:12]}",
+        acker=acker,
+        on_ack_due=acker.wake,
     )
-    acker = AckWorker(
-        store=store,
-        sources=sources,
-        metrics=metrics,
-        lease_seconds=config.delivery.lease_seconds,
-        plugins=plugins,
-        retry_initial=config.delivery.ack_retry_initial,
-        retry_max=config.delivery.ack_retry_max,
-    )
-    worker.on_ack_due = acker.wake
     intake = Intake(
         store=store,
         router=router,

@@ -75,10 +75,12 @@ class AckWorker:
         batch = await self.store.claim_acks(
             owner=self.owner, limit=limit, now=self.clock(), lease_seconds=self.lease_seconds
         )
-        await asyncio.gather(*(self._ack(stored) for stored in batch))
+        await asyncio.gather(*(self.acknowledge(stored) for stored in batch))
         return len(batch)
 
-    async def _ack(self, stored: StoredMessage) -> None:
+    async def acknowledge(self, stored: StoredMessage) -> None:
+        """Send the acknowledgement of a message whose ack lease this worker holds (claimed here, or
+        taken by the delivery worker in its DELIVERED commit) and record the outcome."""
         env = stored.envelope
         channel = env.source.channel
         outcome = AckOutcome.REJECT if env.state is MessageState.REJECTED else AckOutcome.ACCEPT

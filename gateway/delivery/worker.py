@@ -22,11 +22,12 @@ import structlog
 
 from gateway.adapters.base import Adapter, Delivery, DeliveryOutcome, DeliveryResult
 from gateway.config import RetryPolicy, Route
+from gateway.delivery.acks import AckWorker
 from gateway.delivery.retry import after_transient_failure
 from gateway.metrics import Metrics
 from gateway.model import AckState, InvalidTransition, MessageState
 from gateway.plugins import PluginHost
-from gateway.store.base import LeaseLost, Store, StoredMessage
+from gateway.store.base import LeaseLost, Step, Store, StoredMessage
 from gateway.store.blobs import BlobStore
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,7 @@ class DeliveryWorker:
         plugins: PluginHost,
         accept_policy: Callable[[str], str],
         on_ack_due: Callable[[], None] = lambda: None,
+        acker: AckWorker | None = None,
         lease_seconds: float = 120.0,
         poll_interval: float = 0.5,
         owner: str | None = None,
@@ -65,6 +67,7 @@ class DeliveryWorker:
         self.plugins = plugins
         self.accept_policy = accept_policy
         self.on_ack_due = on_ack_due
+        self.acker = acker  # sends the accept right after a delivery (see _apply)
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
@@ -207,9 +210,14 @@ class DeliveryWorker:
         labels = (channel, env.route or "", env.adapter or "")
         now = self.clock()
         if result.outcome is DeliveryOutcome.DELIVERED:
-            ack = None
+            ack = ack_lease = None
             if env.ack is AckState.WAITING and self.accept_policy(channel) == "delivered":
                 ack = AckState.PENDING
+                if self.acker is not None:
+                    # Lease the accept to the ack worker in this same commit and send it right
+                    # away: no claim_acks round trip. If this process dies, the lease expires
+                    # and any instance's ack worker sends it.
+                    ack_lease = (self.acker.owner, now + self.acker.lease_seconds)
             done = await self.store.transition(
                 env.id,
                 MessageState.DELIVERED,
@@ -217,19 +225,34 @@ class DeliveryWorker:
                 actor=self.owner,
                 lease_owner=self.owner,
                 ack=ack,
+                ack_lease=ack_lease,
                 details={"reference": result.reference} if result.reference else None,
+                # Nothing outstanding upstream (no ack, or accepted on storage already): finished
+                # in the same commit.
+                then=[
+                    Step(
+                        MessageState.ACKNOWLEDGED,
+                        "no upstream acknowledgement outstanding",
+                        self.owner,
+                        if_settled=True,
+                    )
+                ],
             )
             self.metrics.delivered.labels(*labels).inc()
             self.metrics.latency.labels(env.adapter or "").observe(max(0.0, now - env.received_at.timestamp()))
-            await self.plugins.message_transition(done.envelope, env.state.value, "delivered")
-            if done.envelope.ack in (AckState.NONE, AckState.DONE):
-                final = await self.store.transition(
-                    env.id,
-                    MessageState.ACKNOWLEDGED,
-                    reason="no upstream acknowledgement outstanding",
-                    actor=self.owner,
+            final = done.envelope
+            if final.state is MessageState.ACKNOWLEDGED:
+                await self.plugins.message_transition(
+                    final.with_(state=MessageState.DELIVERED), env.state.value, "delivered"
                 )
-                await self.plugins.message_transition(final.envelope, MessageState.DELIVERED.value, "acknowledged")
+                await self.plugins.message_transition(final, MessageState.DELIVERED.value, "acknowledged")
+            else:
+                await self.plugins.message_transition(final, env.state.value, "delivered")
+            if ack_lease is not None and self.acker is not None:
+                try:
+                    await self.acker.acknowledge(done)
+                except Exception:  # e.g. the store is unavailable: the lease expires, the ack worker retries
+                    log.exception("inline_ack_failed")
             elif ack is AckState.PENDING:
                 self.on_ack_due()
             return

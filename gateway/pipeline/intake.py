@@ -1,8 +1,10 @@
 """Intake: every channel hands messages here; nothing is answered before the commit is durable.
 
-``receive`` inserts the message (idempotent per ``(channel, idempotency_key)``) and then drives it
-through checks and routing. Each step is its own committed transition, so a crash between steps
-loses nothing: :meth:`Intake.resume` (run at startup and periodically) continues stalled messages.
+``receive`` decides checks and routing first, then inserts the message (idempotent per
+``(channel, idempotency_key)``) together with those steps in one transaction: RECEIVED → VALIDATED →
+ROUTED (or → REJECTED), each step audited. Messages left in RECEIVED/VALIDATED (stored by an older
+version, or a check plugin that raised) are continued by :meth:`Intake.resume` (run at startup and
+periodically).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from gateway.model import (
 from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
 from gateway.routing import Router, signature_refusal
-from gateway.store.base import Store, StoredMessage
+from gateway.store.base import Step, Store, StoredMessage
 
 log = structlog.get_logger(__name__)
 
@@ -91,8 +93,17 @@ class Intake:
             attachments=tuple(incoming.attachments),
             ack=AckState.WAITING if incoming.needs_ack else AckState.NONE,
         )
+        # Checks and routing only read the envelope, so they are decided before the insert and the
+        # message is stored RECEIVED → VALIDATED → ROUTED (or → REJECTED) in ONE transaction: one
+        # commit instead of three, each step still audited on its own.
+        try:
+            plan = await self._plan(envelope, incoming.problems)
+        except Exception:
+            # A check plugin broke: keep the message anyway (RECEIVED); resume() tries again later.
+            log.exception("pipeline_checks_failed", source=incoming.source.channel)
+            plan = []
         stored, created = await self.store.insert(
-            envelope, actor=f"source:{incoming.source.channel}", problems=incoming.problems
+            envelope, actor=f"source:{incoming.source.channel}", problems=incoming.problems, then=plan
         )
         channel = incoming.source.channel
         if not created:
@@ -101,86 +112,109 @@ class Intake:
             return IntakeResult(stored, False)
         self.metrics.received.labels(channel).inc()
         log.info("message_received", message_id=envelope.id, source=channel, source_type=incoming.source.type)
-        stored = await self.process(stored)
+        await self._after(MessageState.RECEIVED, plan, stored)
         return IntakeResult(stored, True)
 
     async def process(self, stored: StoredMessage) -> StoredMessage:
-        """Advance a message from RECEIVED/VALIDATED as far as the pipeline goes."""
+        """Advance a message left in RECEIVED/VALIDATED (a crash, an older version) as far as the
+        pipeline goes, in one transaction."""
         env = stored.envelope
-        channel = env.source.channel
-        actor = "pipeline"
+        if env.state not in (MessageState.RECEIVED, MessageState.VALIDATED):
+            return stored
+        plan = await self._plan(env, stored.problems)
+        first, *rest = plan
         try:
-            if env.state is MessageState.RECEIVED:
-                problems = list(stored.problems)
-                if not problems:
-                    problems = await self.plugins.validate_message(env, {})
-                if problems:
-                    return await self._reject(stored, problems, "checks failed")
-                stored = await self.store.transition(
-                    env.id, MessageState.VALIDATED, reason="all checks passed", actor=actor
-                )
-                await self.plugins.message_transition(stored.envelope, MessageState.RECEIVED.value, "all checks passed")
-                env = stored.envelope
-            if env.state is MessageState.VALIDATED:
-                decision = self.router.decide(env.routing, channel)
-                if decision.route is None:
-                    assert decision.rejection is not None
-                    problem = Problem(decision.rejection, "Message could not be routed", decision.reason)
-                    return await self._reject(stored, [problem], decision.reason)
-                refusal = signature_refusal(decision.route, env.metadata)
-                if refusal is not None:
-                    return await self._reject(stored, [refusal], refusal.detail)
-                ack = None
-                if env.ack is AckState.WAITING and self.accept_policy(channel) == "stored":
-                    ack = AckState.PENDING
-                stored = await self.store.transition(
-                    env.id,
-                    MessageState.ROUTED,
-                    reason=decision.reason,
-                    actor=actor,
-                    route=decision.route.name,
-                    adapter=decision.route.adapter,
-                    ack=ack,
-                    details={"route": decision.route.name, "adapter": decision.route.adapter},
-                )
-                self.metrics.routed.labels(channel, decision.route.name).inc()
-                log.info("message_routed", message_id=env.id, route=decision.route.name, adapter=decision.route.adapter)
-                await self.plugins.message_transition(stored.envelope, MessageState.VALIDATED.value, decision.reason)
-                self.on_routed()
-                if ack is AckState.PENDING:
-                    self.on_ack_due()
+            stored = await self.store.transition(
+                env.id,
+                first.target,
+                reason=first.reason,
+                actor=first.actor,
+                details=first.details,
+                route=first.route,
+                adapter=first.adapter,
+                problems=first.problems,
+                ack=first.ack,
+                then=rest,
+            )
         except InvalidTransition:
             # Someone else (another instance, the resume job) advanced it first: that's fine.
             current = await self.store.get(env.id)
             assert current is not None
             return current
+        await self._after(env.state, plan, stored)
         return stored
 
-    async def _reject(self, stored: StoredMessage, problems: list[Problem], reason: str) -> StoredMessage:
-        env = stored.envelope
-        ack = AckState.PENDING if env.ack is AckState.WAITING else None
-        result = await self.store.transition(
-            env.id,
+    async def _plan(self, env: Envelope, problems: Sequence[Problem]) -> list[Step]:
+        """The steps from ``env.state`` (RECEIVED or VALIDATED) to ROUTED or REJECTED."""
+        actor = "pipeline"
+        steps: list[Step] = []
+        if env.state is MessageState.RECEIVED:
+            found = list(problems) or await self.plugins.validate_message(env, {})
+            if found:
+                return [self._rejection(env, found, "checks failed")]
+            steps.append(Step(MessageState.VALIDATED, "all checks passed", actor))
+        decision = self.router.decide(env.routing, env.source.channel)
+        if decision.route is None:
+            assert decision.rejection is not None
+            problem = Problem(decision.rejection, "Message could not be routed", decision.reason)
+            return [*steps, self._rejection(env, [problem], decision.reason)]
+        refusal = signature_refusal(decision.route, env.metadata)
+        if refusal is not None:
+            return [*steps, self._rejection(env, [refusal], refusal.detail)]
+        ack = None
+        if env.ack is AckState.WAITING and self.accept_policy(env.source.channel) == "stored":
+            ack = AckState.PENDING
+        steps.append(
+            Step(
+                MessageState.ROUTED,
+                decision.reason,
+                actor,
+                route=decision.route.name,
+                adapter=decision.route.adapter,
+                ack=ack,
+                details={"route": decision.route.name, "adapter": decision.route.adapter},
+            )
+        )
+        return steps
+
+    @staticmethod
+    def _rejection(env: Envelope, problems: list[Problem], reason: str) -> Step:
+        return Step(
             MessageState.REJECTED,
-            reason=reason,
-            actor="pipeline",
+            reason,
+            "pipeline",
             problems=problems,
-            ack=ack,
+            ack=AckState.PENDING if env.ack is AckState.WAITING else None,
             details={"problems": [p.type for p in problems]},
         )
-        for problem in problems:
-            self.metrics.rejected.labels(env.source.channel, problem.type.rsplit("/", 1)[-1]).inc()
-        log.info(
-            "message_rejected",
-            message_id=env.id,
-            source=env.source.channel,
-            problem_types=sorted({p.type for p in problems}),
-            instances=sorted({p.instance or "" for p in problems}),
-        )
-        await self.plugins.message_transition(result.envelope, env.state.value, reason)
-        if ack is AckState.PENDING:
+
+    async def _after(self, previous: MessageState, plan: Sequence[Step], stored: StoredMessage) -> None:
+        """Metrics, logs, observer hooks and wake-ups for committed steps (never before the commit)."""
+        env = stored.envelope
+        channel = env.source.channel
+        for step in plan:
+            view = env if step is plan[-1] else env.with_(state=step.target, route=None, adapter=None)
+            if step.target is MessageState.ROUTED:
+                assert step.route is not None
+                self.metrics.routed.labels(channel, step.route).inc()
+                log.info("message_routed", message_id=env.id, route=step.route, adapter=step.adapter)
+            elif step.target is MessageState.REJECTED:
+                problems = list(step.problems or ())
+                for problem in problems:
+                    self.metrics.rejected.labels(channel, problem.type.rsplit("/", 1)[-1]).inc()
+                log.info(
+                    "message_rejected",
+                    message_id=env.id,
+                    source=channel,
+                    problem_types=sorted({p.type for p in problems}),
+                    instances=sorted({p.instance or "" for p in problems}),
+                )
+            await self.plugins.message_transition(view, previous.value, step.reason)
+            previous = step.target
+        if env.state is MessageState.ROUTED:
+            self.on_routed()
+        if env.ack is AckState.PENDING:
             self.on_ack_due()
-        return result
 
     async def resume(self, *, older_than: float = 30.0) -> int:
         """Continue messages left in RECEIVED/VALIDATED (a crash between steps), and finish deliveries
@@ -195,7 +229,12 @@ class Intake:
                 break
             for stored in batch:
                 if stored.updated_at <= cutoff:
-                    stored = await self.process(stored)
+                    try:
+                        stored = await self.process(stored)
+                    except Exception:  # e.g. a check plugin raising: keep it, go on with the others
+                        log.exception("pipeline_resume_failed", message_id=stored.envelope.id)
+                        offset += 1
+                        continue
                     count += 1
                 if stored.envelope.state in stalled:
                     offset += 1  # still in the listed states: page past it (processed ones leave the list)

@@ -2,7 +2,8 @@
 
 Semantics every backend guarantees:
 
-* a method returns only after its transaction is durably committed (SQLite ``synchronous=FULL``);
+* a method returns only after its transaction is durably committed (SQLite: the WAL fsynced, see
+  :class:`gateway.store.sqlite.SQLiteStore`; PostgreSQL: ``synchronous_commit`` not ``off``);
 * ``(channel, idempotency_key)`` is unique: the same source message received twice is stored once;
 * every state change and every delivery/ack attempt appends to a hash-chained audit trail in the
   same transaction (a state change without its audit record cannot exist);
@@ -134,50 +135,73 @@ class StoredMessage:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def transition_changes(
-    message_id: str,
-    row: Any,  # the message row (sqlite3.Row or a dict): lease_owner, lease_until, state
-    target: MessageState,
-    *,
-    now: float,
-    lease_owner: str | None,
-    route: str | None,
-    adapter: str | None,
-    next_attempt_at: float | None,
-    problems: Sequence[Problem] | None,
-    ack: AckState | None,
-    last_error: str | None,
-    reset_attempts: bool,
-) -> tuple[MessageState, dict[str, Any]]:
-    """What a transition changes on a message row: the one definition both backends apply.
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One state change: what :meth:`Store.transition` applies, and what ``then=`` chains after an
+    insert or a transition *in the same transaction* (e.g. RECEIVED → VALIDATED → ROUTED as one
+    commit: one fsync instead of three, and no crash window between them). Each step is checked
+    against the state machine and audited on its own."""
 
-    Checks the lease (``lease_owner``: the caller must still hold a live lease) and the state
-    machine; returns the current state and the column values to set (``problems`` as JSON text).
+    target: MessageState
+    reason: str
+    actor: str
+    details: Mapping[str, Any] | None = None
+    lease_owner: str | None = None  # the caller must still hold the delivery lease (else LeaseLost)
+    route: str | None = None
+    adapter: str | None = None
+    next_attempt_at: float | None = None
+    problems: Sequence[Problem] | None = None
+    ack: AckState | None = None
+    # With ack=PENDING: the acknowledgement is leased to (owner, until) in the same commit, so the
+    # caller can acknowledge upstream right away without a claim_acks round trip.
+    ack_lease: tuple[str, float] | None = None
+    last_error: str | None = None
+    reset_attempts: bool = False
+    # Only apply when nothing is outstanding upstream (ack none/done); otherwise skip this step
+    # (e.g. DELIVERED → ACKNOWLEDGED, which the ack worker does instead when an ack is pending).
+    if_settled: bool = False
+
+
+def step_applies(row: Any, step: Step) -> bool:
+    return not step.if_settled or row["ack"] in (AckState.NONE.value, AckState.DONE.value)
+
+
+def transition_changes(message_id: str, row: Any, step: Step, *, now: float) -> tuple[MessageState, dict[str, Any]]:
+    """What a step changes on a message row: the one definition both backends apply.
+
+    ``row`` is the message row (sqlite3.Row or a dict). Checks the lease and the state machine;
+    returns the current state and the column values to set (``problems`` as JSON text).
     """
-    if lease_owner is not None and (row["lease_owner"] != lease_owner or (row["lease_until"] or 0) < now):
+    if step.lease_owner is not None and (row["lease_owner"] != step.lease_owner or (row["lease_until"] or 0) < now):
         raise LeaseLost(message_id)
     current = MessageState(row["state"])
+    target = step.target
     check_transition(message_id, current, target)
     sets: dict[str, Any] = {"state": target.value, "updated_at": now, "lease_owner": None, "lease_until": None}
-    if route is not None:
-        sets["route"] = route
-    if adapter is not None:
-        sets["adapter"] = adapter
+    if step.route is not None:
+        sets["route"] = step.route
+    if step.adapter is not None:
+        sets["adapter"] = step.adapter
     if target in (MessageState.ROUTED, MessageState.FAILED):
-        sets["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+        sets["next_attempt_at"] = step.next_attempt_at if step.next_attempt_at is not None else now
     if target is MessageState.ROUTED and current is not MessageState.FAILED:
         sets["queued_at"] = now  # max_age of the retry policy counts from here (operator retry: anew)
-    if problems is not None:
+    if step.problems is not None:
         sets["problems"] = json.dumps(
-            [p.as_dict() for p in problems], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            [p.as_dict() for p in step.problems], sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
-    if ack is not None:
-        sets["ack"] = ack.value
-        if ack is AckState.PENDING:
+    if step.ack is not None:
+        sets["ack"] = step.ack.value
+        if step.ack is AckState.PENDING:
             sets["ack_next_at"] = now
-    if last_error is not None:
-        sets["last_error"] = last_error
-    if reset_attempts:
+    if step.ack_lease is not None:
+        if step.ack is not AckState.PENDING:
+            raise ValueError("ack_lease needs ack=PENDING")
+        sets["ack_lease_owner"], sets["ack_lease_until"] = step.ack_lease
+        sets["ack_attempts"] = (row["ack_attempts"] or 0) + 1
+    if step.last_error is not None:
+        sets["last_error"] = step.last_error
+    if step.reset_attempts:
         sets["attempts"] = 0
     return current, sets
 
@@ -194,11 +218,17 @@ class Store(Protocol):
         """The highest applied schema migration (``open`` applies pending ones)."""
 
     async def insert(
-        self, envelope: Envelope, *, actor: str, reason: str = "received", problems: Sequence[Problem] = ()
+        self,
+        envelope: Envelope,
+        *,
+        actor: str,
+        reason: str = "received",
+        problems: Sequence[Problem] = (),
+        then: Sequence[Step] = (),
     ) -> tuple[StoredMessage, bool]:
-        """Store a new message (state RECEIVED) durably, with the problems its channel already found.
-        Returns (message, created); an existing message with the same ``(channel, idempotency_key)``
-        is returned unchanged with ``False``."""
+        """Store a new message (state RECEIVED) durably, with the problems its channel already found,
+        and apply the ``then`` steps in the same transaction. Returns (message, created); an existing
+        message with the same ``(channel, idempotency_key)`` is returned unchanged with ``False``."""
 
     async def get(self, message_id: str) -> StoredMessage | None: ...
 
@@ -220,10 +250,12 @@ class Store(Protocol):
         ack: AckState | None = None,
         last_error: str | None = None,
         reset_attempts: bool = False,
+        ack_lease: tuple[str, float] | None = None,
+        then: Sequence[Step] = (),
     ) -> StoredMessage:
-        """Change state (checked against the state machine), clear any lease, audit it.
-        With ``lease_owner`` the change only happens if the caller still holds the lease
-        (else :class:`LeaseLost`)."""
+        """Change state (checked against the state machine), clear any lease, audit it; then apply
+        the ``then`` steps in the same transaction (see :class:`Step`). With ``lease_owner`` the
+        change only happens if the caller still holds the lease (else :class:`LeaseLost`)."""
 
     async def claim_deliveries(
         self, *, owner: str, adapter: str, limit: int, now: float, lease_seconds: float

@@ -24,7 +24,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
@@ -42,8 +42,10 @@ from gateway.store.base import (
     AuditVerification,
     LeaseLost,
     MessageNotFound,
+    Step,
     StoredMessage,
     audit_hash,
+    step_applies,
     transition_changes,
     verify_chain,
 )
@@ -465,8 +467,40 @@ class PostgresStore:
 
     # messages ----------------------------------------------------------------------------------
 
+    async def _apply_steps(self, tx: _Tx, message_id: str, row: DictRow, steps: Sequence[Step], now: float) -> DictRow:
+        """Apply steps to a loaded (locked) row inside the caller's transaction; returns the final row."""
+        for step in steps:
+            if not step_applies(row, step):
+                continue
+            if step.last_error is not None:
+                step = replace(step, last_error=_clean(step.last_error))
+            current, sets = transition_changes(message_id, row, step, now=now)
+            query = sql.SQL("UPDATE messages SET {} WHERE id = %s RETURNING *").format(
+                sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in sets)
+            )
+            updated = await tx.one(query, (*sets.values(), message_id))
+            assert updated is not None
+            tx.audit(
+                message_id=message_id,
+                event="transition",
+                from_state=current.value,
+                to_state=step.target.value,
+                reason=step.reason,
+                actor=step.actor,
+                details=step.details,
+                at=now,
+            )
+            row = updated
+        return row
+
     async def insert(
-        self, envelope: Envelope, *, actor: str, reason: str = "received", problems: Sequence[Problem] = ()
+        self,
+        envelope: Envelope,
+        *,
+        actor: str,
+        reason: str = "received",
+        problems: Sequence[Problem] = (),
+        then: Sequence[Step] = (),
     ) -> tuple[StoredMessage, bool]:
         async def fn(tx: _Tx) -> tuple[StoredMessage, bool]:
             now = self.clock()
@@ -502,6 +536,8 @@ class PostgresStore:
                 details={"channel": envelope.source.channel, "reference": envelope.source.reference},
                 at=now,
             )
+            if then:
+                row = await self._apply_steps(tx, envelope.id, row, then, now)
             return row_to_message(row), True
 
         return await self._write(fn)
@@ -534,40 +570,28 @@ class PostgresStore:
         ack: AckState | None = None,
         last_error: str | None = None,
         reset_attempts: bool = False,
+        ack_lease: tuple[str, float] | None = None,
+        then: Sequence[Step] = (),
     ) -> StoredMessage:
+        first = Step(
+            target,
+            reason,
+            actor,
+            details=details,
+            lease_owner=lease_owner,
+            route=route,
+            adapter=adapter,
+            next_attempt_at=next_attempt_at,
+            problems=problems,
+            ack=ack,
+            ack_lease=ack_lease,
+            last_error=last_error,
+            reset_attempts=reset_attempts,
+        )
+
         async def fn(tx: _Tx) -> StoredMessage:
             row = await tx.load(message_id)
-            now = self.clock()
-            current, sets = transition_changes(
-                message_id,
-                row,
-                target,
-                now=now,
-                lease_owner=lease_owner,
-                route=route,
-                adapter=adapter,
-                next_attempt_at=next_attempt_at,
-                problems=problems,
-                ack=ack,
-                last_error=_clean(last_error) if last_error is not None else None,
-                reset_attempts=reset_attempts,
-            )
-            query = sql.SQL("UPDATE messages SET {} WHERE id = %s RETURNING *").format(
-                sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in sets)
-            )
-            updated = await tx.one(query, (*sets.values(), message_id))
-            assert updated is not None
-            tx.audit(
-                message_id=message_id,
-                event="transition",
-                from_state=current.value,
-                to_state=target.value,
-                reason=reason,
-                actor=actor,
-                details=details,
-                at=now,
-            )
-            return row_to_message(updated)
+            return row_to_message(await self._apply_steps(tx, message_id, row, (first, *then), self.clock()))
 
         return await self._write(fn)
 

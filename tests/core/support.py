@@ -257,7 +257,9 @@ class Harness:
         return [(r.from_state, r.to_state) for r in await self.store.audit_trail(message_id) if r.event == "transition"]
 
 
-def make_worker(h: Harness, owner: str, *, lease_seconds: float | None = None) -> DeliveryWorker:
+def make_worker(
+    h: Harness, owner: str, *, lease_seconds: float | None = None, acker: AckWorker | None = None
+) -> DeliveryWorker:
     return DeliveryWorker(
         store=h.store,
         blobs=h.blobs,
@@ -273,6 +275,7 @@ def make_worker(h: Harness, owner: str, *, lease_seconds: float | None = None) -
         poll_interval=h.config.delivery.poll_interval,
         owner=owner,
         clock=h.clock,
+        acker=acker,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.support import BASE_CONFIG, FakeSource, harness, incoming, metric_value
+from core.support import BASE_CONFIG, FakeSource, harness, incoming, make_worker, metric_value
 from gateway.model import AckState, MessageState, RoutingKeys
 from gateway.pipeline.problems import Problem
 from gateway.routing import NO_ROUTE
@@ -28,6 +28,52 @@ async def test_accept_after_delivery(tmp_path: Path) -> None:
         assert (stored.envelope.state, stored.envelope.ack) == (MessageState.ACKNOWLEDGED, AckState.DONE)
         assert (await h.transitions(mid))[-2:] == [("routed", "delivered"), ("delivered", "acknowledged")]
         assert metric_value(h.metrics, "gateway_acks_total", {"source": "fit", "result": "done"}) == 1
+
+
+async def test_accept_is_sent_right_after_the_delivery_commit(tmp_path: Path) -> None:
+    """As in ``gateway run``: the delivery worker leases the accept to the ack worker in its
+    DELIVERED commit and sends it at once: three commits after the intake's one, no ack claim."""
+    source = FakeSource("fit", accept_policy="delivered")
+    async with harness(tmp_path, sources={"fit": source}) as h:
+        worker = make_worker(h, "worker-2", acker=h.acker)
+        commits = h.store.commits
+        mid = (await h.receive(incoming("fit", needs_ack=True))).message.envelope.id
+        assert h.store.commits - commits == 1  # received, validated and routed in one transaction
+        assert await worker.deliver_once() == 1
+        assert [(i, o) for i, o, _ in source.acks] == [(mid, AckOutcome.ACCEPT)]
+        stored = await h.get(mid)
+        assert (stored.envelope.state, stored.envelope.ack) == (MessageState.ACKNOWLEDGED, AckState.DONE)
+        assert stored.ack_attempts == 1
+        assert h.store.commits - commits == 4  # + claim, delivered (with the ack lease), ack done
+        assert await h.acker.ack_once() == 0
+        trail = await h.store.audit_trail(mid)
+        assert [(r.event, r.to_state, r.actor) for r in trail[-4:]] == [
+            ("attempt", "routed", "worker-2"),
+            ("transition", "delivered", "worker-2"),
+            ("ack", "delivered", "acker-1"),
+            ("transition", "acknowledged", "acker-1"),
+        ]
+
+
+async def test_accept_sent_with_the_delivery_is_retried_by_the_ack_worker(tmp_path: Path) -> None:
+    source = FakeSource("fit", accept_policy="delivered")
+    source.script = [AckResult(False, "HTTP 503")]
+    async with harness(tmp_path, sources={"fit": source}) as h:
+        worker = make_worker(h, "worker-2", acker=h.acker)
+        mid = (await h.receive(incoming("fit", needs_ack=True))).message.envelope.id
+        await worker.deliver_once()
+        stored = await h.get(mid)
+        assert (stored.envelope.state, stored.envelope.ack) == (MessageState.DELIVERED, AckState.PENDING)
+        assert stored.last_error == "accept: HTTP 503"
+        assert await h.acker.ack_once() == 0  # backoff after the first attempt
+        h.clock.advance(5)
+        assert await h.acker.ack_once() == 1
+        stored = await h.get(mid)
+        assert (stored.envelope.state, stored.envelope.ack, stored.ack_attempts) == (
+            MessageState.ACKNOWLEDGED,
+            AckState.DONE,
+            2,
+        )
 
 
 async def test_no_accept_when_delivery_fails(tmp_path: Path) -> None:

@@ -156,6 +156,38 @@ async def test_resume_continues_messages_left_between_steps(tmp_path: Path) -> N
         assert await h.worker.deliver_once() == 2
 
 
+class FlakyCheck:
+    """A check plugin that raises until fixed."""
+
+    __name__ = "flaky-check"
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    @hookimpl
+    def gateway_validate_message(self, envelope: Envelope, config: Mapping[str, Any]) -> Sequence[Problem]:
+        if self.broken:
+            raise RuntimeError("plugin bug")
+        return []
+
+
+async def test_a_raising_check_plugin_keeps_the_message_received_until_resume(tmp_path: Path) -> None:
+    flaky = FlakyCheck()
+    async with harness(tmp_path, extra_plugins=[flaky]) as h:
+        result = await h.receive(incoming("fit", "sub-1"))
+        assert result.created  # stored durably although the checks could not run
+        mid = result.message.envelope.id
+        assert result.message.envelope.state is MessageState.RECEIVED
+        other = (await h.receive(incoming("fit", "sub-2"))).message.envelope.id
+        h.clock.advance(31)
+        assert await h.intake.resume(older_than=30.0) == 0  # still broken: both stay, neither blocks the pass
+        assert await h.state(mid) is MessageState.RECEIVED
+        assert await h.state(other) is MessageState.RECEIVED
+        flaky.broken = False
+        assert await h.intake.resume(older_than=30.0) == 2
+        assert await h.state(mid) is MessageState.ROUTED
+
+
 async def test_resume_handles_more_than_one_page(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         ids = []

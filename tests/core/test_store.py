@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+import gateway.store.sqlite as sqlite_module
 from core.storehelp import envelope, message_in
 from core.support import FakeClock
 from gateway.model import AckState, MessageState
@@ -31,7 +35,9 @@ async def store(tmp_path: Path, clock: FakeClock) -> SQLiteStore:
 
 async def test_pragmas_on_a_real_file(store: SQLiteStore, tmp_path: Path) -> None:
     assert store.pragma("journal_mode") == "wal"
-    assert store.pragma("synchronous") == 2  # FULL
+    # NORMAL: COMMIT does not fsync; the store fsyncs the WAL itself before answering (group commit).
+    assert store.pragma("synchronous") == 1
+    assert store.pragma("wal_autocheckpoint") == 0  # checkpoints run off the loop
     await store.insert(envelope(), actor="t")
     db = tmp_path / "data" / "gateway.db"
     assert db.is_file()
@@ -39,6 +45,68 @@ async def test_pragmas_on_a_real_file(store: SQLiteStore, tmp_path: Path) -> Non
     other = sqlite3.connect(db)  # WAL is a property of the file, seen by every connection
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     other.close()
+
+
+async def test_no_write_returns_before_the_wal_fsync_covering_it(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    real = store._sync_wal
+
+    def slow_sync() -> None:
+        started.set()
+        assert release.wait(10)
+        real()
+
+    monkeypatch.setattr(store, "_sync_wal", slow_sync)
+    task = asyncio.create_task(store.insert(envelope(), actor="t"))
+    assert await asyncio.to_thread(started.wait, 10)
+    await asyncio.sleep(0.05)
+    assert not task.done()  # committed in SQLite, but not yet on disk: the caller must not know yet
+    assert store.commits > store._synced_seq
+    release.set()
+    _stored, created = await task
+    assert created
+    assert store._synced_seq == store.commits
+
+
+async def test_concurrent_writes_share_fsyncs(store: SQLiteStore) -> None:
+    commits, syncs = store.commits, store.syncs
+    results = await asyncio.gather(*(store.insert(envelope(), actor="t") for _ in range(50)))
+    assert all(created for _, created in results)
+    assert store.commits - commits == 50
+    assert 1 <= store.syncs - syncs < 50  # grouped: each fsync covered every commit before it
+    assert store._synced_seq == store.commits
+
+
+async def test_failed_fsync_fails_the_write_and_the_next_write_syncs_again(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store._sync_wal
+
+    def broken() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store, "_sync_wal", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        await store.insert(envelope(), actor="t")  # its caller must not report success
+    monkeypatch.setattr(store, "_sync_wal", real)
+    await store.insert(envelope(), actor="t")
+    assert store._synced_seq == store.commits  # the earlier commit is covered by this fsync too
+
+
+async def test_checkpoint_runs_off_the_loop_once_the_wal_grows(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_BYTES", 64 * 1024)
+    db = tmp_path / "data" / "gateway.db"
+    before = db.stat().st_size
+    for _ in range(40):
+        await store.insert(envelope(metadata={"pad": "x" * 4000}), actor="t")
+    assert store._checkpoint_task is not None
+    await store._checkpoint_task
+    # Without a checkpoint the rows would only be in the WAL; now they are in the database file.
+    assert db.stat().st_size - before > 100_000
 
 
 async def test_schema_version_and_reopen(tmp_path: Path, clock: FakeClock) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.model import TRANSITIONS, AckState, InvalidTransition, MessageState
 from gateway.pipeline.problems import Problem
-from gateway.store.base import LeaseLost, MessageNotFound
+from gateway.store.base import LeaseLost, MessageNotFound, Step
 from gateway.store.migrations.postgresql import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
@@ -270,6 +270,116 @@ async def test_release_leases(store: AnyStore, clock: FakeClock) -> None:
     assert [a.envelope.id for a in await store.claim_acks(owner="w2", limit=5, now=clock.now, lease_seconds=30)] == [
         acked
     ]
+
+
+# steps chained into one transaction (then=) ---------------------------------------------------
+
+
+async def test_insert_then_steps_commit_together_each_audited(store: AnyStore, clock: FakeClock) -> None:
+    env = make_envelope(ack=AckState.WAITING)
+    stored, created = await store.insert(
+        env,
+        actor="source:fc",
+        then=[
+            Step(MessageState.VALIDATED, "all checks passed", "pipeline"),
+            Step(MessageState.ROUTED, "rule r1", "pipeline", route="r1", adapter="fv", details={"route": "r1"}),
+        ],
+    )
+    assert created
+    assert stored.envelope.state is MessageState.ROUTED
+    assert (stored.envelope.route, stored.envelope.adapter, stored.next_attempt_at) == ("r1", "fv", clock.now)
+    assert stored == await store.get(env.id)
+    trail = await store.audit_trail(env.id)
+    assert [(r.from_state, r.to_state, r.actor, r.reason) for r in trail] == [
+        (None, "received", "source:fc", "received"),
+        ("received", "validated", "pipeline", "all checks passed"),
+        ("validated", "routed", "pipeline", "rule r1"),
+    ]
+    assert trail[2].details == {"route": "r1"}
+    assert (await store.verify_audit()).ok
+    # A duplicate applies none of its steps.
+    again, created_again = await store.insert(
+        make_envelope(key=env.source.idempotency_key), actor="x", then=[Step(MessageState.REJECTED, "no", "p")]
+    )
+    assert not created_again
+    assert again.envelope.state is MessageState.ROUTED
+    assert len(await store.audit_trail(env.id)) == 3
+
+
+async def test_a_refused_step_undoes_the_whole_call(store: AnyStore) -> None:
+    env = make_envelope()
+    with pytest.raises(InvalidTransition):
+        await store.insert(env, actor="t", then=[Step(MessageState.DELIVERED, "skips routing", "p")])
+    assert await store.get(env.id) is None  # not even the insert stands
+    mid = await routed_message(store)
+    before = await store.audit_trail(mid)
+    with pytest.raises(InvalidTransition):
+        await store.transition(
+            mid, MessageState.FAILED, reason="x", actor="w", then=[Step(MessageState.VALIDATED, "back", "w")]
+        )
+    current = await store.get(mid)
+    assert current is not None
+    assert current.envelope.state is MessageState.ROUTED
+    assert await store.audit_trail(mid) == before
+    assert (await store.verify_audit()).ok
+
+
+async def test_if_settled_step_only_when_nothing_is_outstanding_upstream(store: AnyStore, clock: FakeClock) -> None:
+    settle = Step(MessageState.ACKNOWLEDGED, "no upstream acknowledgement outstanding", "w", if_settled=True)
+    plain = await routed_message(store)
+    [claimed] = await store.claim_deliveries(owner="w", adapter="fv", limit=5, now=clock.now, lease_seconds=30)
+    done = await store.transition(plain, MessageState.DELIVERED, reason="ok", actor="w", lease_owner="w", then=[settle])
+    assert done.envelope.state is MessageState.ACKNOWLEDGED
+    assert [r.to_state for r in (await store.audit_trail(plain))[-2:]] == ["delivered", "acknowledged"]
+    waiting = await routed_message(store, ack=AckState.WAITING)
+    await store.claim_deliveries(owner="w", adapter="fv", limit=5, now=clock.now, lease_seconds=30)
+    pending = await store.transition(
+        waiting, MessageState.DELIVERED, reason="ok", actor="w", lease_owner="w", ack=AckState.PENDING, then=[settle]
+    )
+    assert pending.envelope.state is MessageState.DELIVERED  # the ack worker finishes it
+    assert pending.envelope.ack is AckState.PENDING
+    assert claimed.envelope.id == plain
+
+
+async def test_ack_lease_taken_with_the_delivery(store: AnyStore, clock: FakeClock) -> None:
+    mid = await routed_message(store, ack=AckState.WAITING)
+    await store.claim_deliveries(owner="w", adapter="fv", limit=5, now=clock.now, lease_seconds=30)
+    delivered = await store.transition(
+        mid,
+        MessageState.DELIVERED,
+        reason="ok",
+        actor="w",
+        lease_owner="w",
+        ack=AckState.PENDING,
+        ack_lease=("acker-1", clock.now + 60),
+    )
+    assert delivered.envelope.ack is AckState.PENDING
+    assert delivered.ack_attempts == 1
+    # Leased: no other ack worker claims it while the lease lives ...
+    assert await store.claim_acks(owner="acker-2", limit=5, now=clock.now + 59, lease_seconds=30) == []
+    with pytest.raises(LeaseLost):
+        await store.complete_ack(mid, owner="acker-2", done=True, reason="x", next_attempt_at=None, actor="a")
+    done = await store.complete_ack(
+        mid, owner="acker-1", done=True, reason="accept: ok", next_attempt_at=None, actor="acker-1"
+    )
+    assert done.envelope.state is MessageState.ACKNOWLEDGED
+    # ... and if its holder died, the lease expires and anyone's ack worker takes it over.
+    other = await routed_message(store, ack=AckState.WAITING)
+    await store.claim_deliveries(owner="w", adapter="fv", limit=5, now=clock.now, lease_seconds=30)
+    await store.transition(
+        other,
+        MessageState.DELIVERED,
+        reason="ok",
+        actor="w",
+        lease_owner="w",
+        ack=AckState.PENDING,
+        ack_lease=("acker-dead", clock.now + 60),
+    )
+    [taken] = await store.claim_acks(owner="acker-2", limit=5, now=clock.now + 61, lease_seconds=30)
+    assert taken.envelope.id == other
+    assert taken.ack_attempts == 2
+    with pytest.raises(ValueError, match="ack_lease needs ack=PENDING"):
+        await store.transition(other, MessageState.ACKNOWLEDGED, reason="x", actor="w", ack_lease=("a", 1.0))
 
 
 # acknowledgements ----------------------------------------------------------------------------
