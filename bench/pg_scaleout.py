@@ -17,6 +17,13 @@ until COMMIT) and that update a row each (no shared lock).
 
 Instances run as ``gateway run`` subprocesses (``[gateway] instance_id`` distinct, one DSN, one
 blob directory); with ``taskset`` the first instance is pinned to core 0, the second to core 1.
+
+``--backoffice-latency MS`` measures the case scale-out is for: a back office (Fachverfahren) that
+takes MS milliseconds per delivery. The instances then deliver through the ``webhook`` adapter to a
+loopback back office in this process that answers after MS ms (``concurrency = 4`` per instance);
+it counts requests per ``Idempotency-Key`` (every message exactly once is checked). There the
+gateway's CPU and the store are not the limit, so the ratio shows whether a second instance adds
+delivery capacity on one database without double deliveries (ideal: 2.0×).
 """
 
 from __future__ import annotations
@@ -172,7 +179,39 @@ class Round:
         return self.messages / self.wall
 
 
-async def one_round(cluster: Any, work: Path, instances: int, n: int) -> Round:
+class BackOffice:
+    """A slow Fachverfahren on loopback: answers 201 after ``latency`` s, counts each Idempotency-Key."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.seen: dict[str, int] = {}
+        self.runner: Any = None
+        self.url = ""
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def deliver(request: web.Request) -> web.Response:
+            await request.read()
+            await asyncio.sleep(self.latency)
+            key = request.headers.get("Idempotency-Key", "")
+            self.seen[key] = self.seen.get(key, 0) + 1
+            return web.json_response({"reference": key}, status=201)
+
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_post("/antraege", deliver)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/antraege"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def one_round(cluster: Any, work: Path, instances: int, n: int, backoffice: BackOffice | None = None) -> Round:
     os.makedirs(work, exist_ok=True)
     dsn = cluster.create_database(f"scale{instances}")
     shared = work / f"shared{instances}"
@@ -190,7 +229,11 @@ async def one_round(cluster: Any, work: Path, instances: int, n: int) -> Round:
             metadata_dir=work,
             instance_id=f"gw{i}",
             store={"backend": "postgresql", "dsn": {"file": str(dsn_file)}},
-            adapter={"type": "filesystem", "directory": str(shared / "out"), "fsync": False, "concurrency": 8},
+            adapter=(
+                {"type": "filesystem", "directory": str(shared / "out"), "fsync": False, "concurrency": 8}
+                if backoffice is None
+                else {"type": "webhook", "url": backoffice.url, "concurrency": 4, "max_connections": 4}
+            ),
             delivery={"lease_seconds": 60.0, "poll_interval": 0.05},
             log_level="warning",
             source=None,  # only the delivery path runs
@@ -223,9 +266,15 @@ async def one_round(cluster: Any, work: Path, instances: int, n: int) -> Round:
         for node in nodes:
             await node.stop()
     audited = await audit_records(dsn) - 3 * n  # minus the seeding (received, validated, routed)
-    delivered = [p for p in (shared / "out").iterdir() if not p.name.startswith(".")]
-    if len(delivered) != n:
-        raise SystemExit(f"{len(delivered)} directories for {n} messages: lost or duplicated deliveries")
+    if backoffice is None:
+        delivered = [p for p in (shared / "out").iterdir() if not p.name.startswith(".")]
+        if len(delivered) != n:
+            raise SystemExit(f"{len(delivered)} directories for {n} messages: lost or duplicated deliveries")
+    else:
+        twice = [k for k, count in backoffice.seen.items() if count != 1]
+        if len(backoffice.seen) != n or twice:
+            raise SystemExit(f"{len(backoffice.seen)} keys for {n} messages, {len(twice)} delivered more than once")
+        backoffice.seen.clear()
     return Round(instances, n, wall, cpu, audited, busy)
 
 
@@ -244,10 +293,18 @@ async def run(args: argparse.Namespace) -> list[Round]:
             what = "one shared row (the audit_head pattern)" if serialised else "a row per connection"
             print(f"baseline: {rate:.0f} commits/s from 8 connections, each updating {what}")
         rounds = []
-        with tempfile.TemporaryDirectory(prefix="gw-bench-pg-") as tmp:
-            for i in range(args.rounds):
-                for k in (1, 2):  # alternating, so drifting background load hits both alike
-                    rounds.append(await one_round(cluster, Path(tmp) / f"round{i}", k, args.messages))
+        backoffice = None
+        if args.backoffice_latency is not None:
+            backoffice = BackOffice(args.backoffice_latency / 1000)
+            await backoffice.start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="gw-bench-pg-") as tmp:
+                for i in range(args.rounds):
+                    for k in (1, 2):  # alternating, so drifting background load hits both alike
+                        rounds.append(await one_round(cluster, Path(tmp) / f"round{i}", k, args.messages, backoffice))
+        finally:
+            if backoffice is not None:
+                await backoffice.stop()
         return rounds
     finally:
         cluster.stop()
@@ -268,11 +325,23 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--no-fsync", action="store_true", help="keep the test cluster's fsync=off")
     parser.add_argument("--rounds", type=int, default=3, help="one+two instance pairs; medians reported")
+    parser.add_argument(
+        "--backoffice-latency",
+        type=float,
+        metavar="MS",
+        help="deliver via webhook to a loopback back office answering after MS ms (4 concurrent per instance)",
+    )
     args = parser.parse_args()
     from gateway.logs import configure_logging
 
     configure_logging(format="console", level="error")
     print(f"machine: {machine()}; PostgreSQL fsync {'off' if args.no_fsync else 'on'}")
+    if args.backoffice_latency is not None:
+        bound = 4 / (args.backoffice_latency / 1000)
+        print(
+            f"back office: {args.backoffice_latency:g} ms per delivery, 4 concurrent per instance"
+            f" -> at most {bound:.0f} messages/s per instance"
+        )
     rounds = asyncio.run(run(args))
     for r in rounds:
         cpu = ", ".join(f"{c:.1f}" for c in r.cpu)
