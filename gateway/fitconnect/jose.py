@@ -53,7 +53,7 @@ MAX_JWS_CHARS = 1 << 20
 
 # Streaming works in slices of this many base64 characters (a multiple of 4), so the memory used per
 # step is bounded no matter how large the chunks are that the caller feeds.
-STREAM_SLICE_CHARS = 1 << 20
+STREAM_SLICE_CHARS = 128 * 1024
 INFLATE_STEP = 1 << 20
 
 _B64URL_RE = re.compile(rb"[A-Za-z0-9_-]*")
@@ -405,7 +405,7 @@ class _BoundedInflater:
         self._limit = limit
         self.produced = 0
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         """Yield the inflated output in pieces of at most INFLATE_STEP bytes (never all at once)."""
         if not data:
             return
@@ -492,6 +492,7 @@ class JWEStreamDecryptor:
         self._state = self._HEADER
         self._buf = bytearray()  # the small segment being collected
         self._carry = b""  # base64 characters of the ciphertext not yet forming a 4-char group
+        self._out = bytearray()  # reused plaintext buffer of the AES step
         self._header: dict[str, Any] = {}
         self._protected = b""
         self._encrypted_key = b""
@@ -504,40 +505,43 @@ class JWEStreamDecryptor:
 
     # -- input ---------------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Consume the next chunk (any size, any boundary). ``data`` may be reused once this returns."""
         if self._failed is not None:
             raise self._failed
+        # The parser searches with bytes.find (memchr, no slicing); other buffers are copied once.
+        buf = data if isinstance(data, bytes | bytearray) else bytes(memoryview(data).cast("B"))
         try:
-            self._feed(memoryview(data).cast("B"))
+            self._feed(buf)
         except JoseError as exc:
             self._failed = exc
             raise
 
-    def _feed(self, data: memoryview) -> None:
+    def _feed(self, data: bytes | bytearray) -> None:
         pos, total = 0, len(data)
         while pos < total:
             if self._state == self._CIPHERTEXT:
-                window = bytes(data[pos : pos + STREAM_SLICE_CHARS])
-                dot = window.find(b".")
+                # At most one slice per step, so the decoded ciphertext held at once stays bounded.
+                end = min(total, pos + STREAM_SLICE_CHARS)
+                dot = data.find(b".", pos, end)
+                self._ciphertext_chars(data, pos, end if dot < 0 else dot)
                 if dot < 0:
-                    self._ciphertext_chars(window)
-                    pos += len(window)
+                    pos = end
                 else:
-                    self._ciphertext_chars(window[:dot])
                     self._end_ciphertext()
-                    pos += dot + 1
+                    pos = dot + 1
                 continue
             if self._state == self._DONE:
                 raise JWEFormatError("jwe-segments", "data after the end of the compact JWE")
             # Small segments: copy at most one bound's worth, so hostile input cannot make us buffer much.
-            window = bytes(data[pos : pos + MAX_HEADER_CHARS + 1])
-            dot = window.find(b".")
-            self._buf += window if dot < 0 else window[:dot]
+            end = min(total, pos + MAX_HEADER_CHARS + 1)
+            dot = data.find(b".", pos, end)
+            self._buf += data[pos : end if dot < 0 else dot]
             self._check_small_segment_size()
             if dot < 0:
-                pos += len(window)
+                pos = end
             else:
-                pos += dot + 1
+                pos = dot + 1
                 self._end_small_segment()
 
     def _check_small_segment_size(self) -> None:
@@ -574,35 +578,53 @@ class JWEStreamDecryptor:
         else:  # a dot after the tag
             raise JWEFormatError("jwe-segments", "compact JWE has more than 5 segments")
 
-    def _ciphertext_chars(self, chars: bytes) -> None:
-        if self._carry:
-            chars = self._carry + chars
-        cut = len(chars) - len(chars) % 4
-        self._carry = chars[cut:]
-        if not cut:
-            return
-        group = chars if cut == len(chars) else chars[:cut]
+    def _ciphertext_chars(self, data: bytes | bytearray, start: int, stop: int) -> None:
+        """Decode ``data[start:stop]`` (ciphertext characters) without copying it."""
+        if self._carry:  # complete the 4-character group left over from the previous chunk
+            take = min(4 - len(self._carry), stop - start)
+            self._carry += data[start : start + take]
+            start += take
+            if len(self._carry) < 4:
+                return
+            group, self._carry = self._carry, b""
+            self._decode_groups(group, 0, 4)
+        cut = stop - (stop - start) % 4
+        if cut < stop:
+            self._carry = bytes(data[cut:stop])
+        if cut > start:
+            self._decode_groups(data, start, cut)
+
+    def _decode_groups(self, data: bytes | bytearray, start: int, stop: int) -> None:
         # The hot loop of large attachments: pybase64 decodes with SIMD (~10x binascii) and its
         # validate=True refuses foreign characters and inner padding; "+" and "/" are standard base64,
-        # not base64url, and pybase64 would accept them beside the altchars, so refuse them first.
-        if b"+" in group or b"/" in group:
+        # not base64url, and pybase64 would accept them beside the altchars, so refuse them first
+        # (two memchr scans of the range; neither slices nor copies).
+        if data.find(b"+", start, stop) >= 0 or data.find(b"/", start, stop) >= 0:
             raise JWEFormatError("jwe-ciphertext", "ciphertext: characters outside the base64url alphabet")
         try:
-            ciphertext = pybase64.b64decode(group, altchars=b"-_", validate=True)
+            ciphertext = pybase64.b64decode(memoryview(data)[start:stop], altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             ciphertext = b""
-        if len(ciphertext) != cut // 4 * 3:
+        if len(ciphertext) != (stop - start) // 4 * 3:
             raise JWEFormatError("jwe-ciphertext", "ciphertext: characters outside the base64url alphabet")
-        self._plaintext(self._decryptor.update(ciphertext))
+        self._decrypt(ciphertext)
+
+    def _decrypt(self, ciphertext: bytes) -> None:
+        # GCM is a stream mode: as many plaintext bytes as ciphertext bytes, decrypted into one reused
+        # buffer (no allocation per step; the sink copies or writes what it keeps).
+        if len(self._out) < len(ciphertext) + 15:  # update_into wants block_size - 1 bytes of room
+            self._out = bytearray(len(ciphertext) + 15)
+        n = self._decryptor.update_into(ciphertext, self._out)
+        self._plaintext(memoryview(self._out)[:n])
 
     def _end_ciphertext(self) -> None:
         if self._carry:
             tail = _decode_segment(self._carry, "jwe-ciphertext", "ciphertext")
             self._carry = b""
-            self._plaintext(self._decryptor.update(tail))
+            self._decrypt(tail)
         self._state = self._TAG
 
-    def _plaintext(self, body: bytes) -> None:
+    def _plaintext(self, body: memoryview) -> None:
         if not body:
             return
         pieces = self._inflater.feed(body) if self._inflater is not None else iter((body,))
