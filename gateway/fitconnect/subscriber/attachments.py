@@ -5,6 +5,11 @@ whole, the plaintext goes straight into a :class:`~gateway.store.blobs.BlobWrite
 only known (and checked) at the very end; until then the temp file is unauthenticated and is
 discarded on any failure. The caller commits the writer only when every check of the submission passed.
 
+The work is pipelined over the cores: the event loop keeps receiving while a decryption thread
+works on the previous batches of chunks (base64url, AES-GCM), and the pipelined blob writer hashes
+and writes in two more threads. Every thread is stopped before :func:`receive_attachment` returns
+or raises, whatever the outcome (an error, a failed check or cancellation).
+
 Bounds: the encrypted body may be at most ``max_attachment_bytes * 4/3`` (+ header slack); the
 plaintext at most ``max_attachment_bytes``, or ``max_inflated_bytes`` for legacy ``zip: DEF`` parts
 (the header is peeked first so the right bound applies from the first inflated byte on).
@@ -14,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 from gateway.fitconnect.jose import (
     MAX_HEADER_CHARS,
@@ -31,8 +38,11 @@ from gateway.fitconnect.subscriber.checks import CheckFailed, check_hash, fail
 from gateway.fitconnect.subscriber.client import SubmissionApi
 from gateway.store.blobs import BlobStore, BlobWriter
 
-FEED_BYTES = 1 << 20  # hand the decryptor 1 MiB at a time (one thread hop per MiB)
+FEED_BYTES = 1 << 20  # hand the decryption thread batches of 1 MiB (one thread hop each)
+BATCHES_IN_FLIGHT = 3  # batches received but not yet decrypted, at most (bounds the memory)
 JWE_OVERHEAD = 64 * 1024  # header, encrypted key, iv, tag and dots around the ciphertext
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,6 +68,79 @@ def _zip_of_header(prefix: bytes) -> bool | None:
     return isinstance(header, dict) and "zip" in header
 
 
+class _DecryptStage:
+    """A thread that runs the decryptor over the received bytes while the event loop receives more.
+
+    Received chunks are copied into one of a few recycled buffers and dropped at once: chunks kept
+    alive until another thread is done with them are freed in bulk, and the allocator then hands
+    the memory back to the kernel and faults it in anew for the next chunks (measured: that costs
+    more than the copy). A full buffer goes to the thread; the event loop waits only when every
+    buffer is in flight (``BATCHES_IN_FLIGHT``). :meth:`close` stops and joins the thread.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attachment-decrypt")
+        self._in_flight: deque[tuple[asyncio.Future[None], bytearray]] = deque()
+        self._free: list[bytearray] = []
+        self._buf = bytearray(FEED_BYTES)
+        self._fill = 0
+        self._stopping = False
+
+    async def write(self, decryptor: JWEStreamDecryptor, chunk: bytes) -> None:
+        """Take a received chunk; raises the error of an earlier batch (the decryptor stays failed)."""
+        view, off = memoryview(chunk), 0
+        while off < len(view):
+            take = min(FEED_BYTES - self._fill, len(view) - off)
+            self._buf[self._fill : self._fill + take] = view[off : off + take]
+            self._fill += take
+            off += take
+            if self._fill == FEED_BYTES:
+                await self._submit(decryptor, self._buf)
+                self._buf, self._fill = await self._free_buffer(), 0
+
+    async def _submit(self, decryptor: JWEStreamDecryptor, data: bytearray | bytes) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._feed, decryptor, data)
+        self._in_flight.append((future, data if isinstance(data, bytearray) else bytearray()))
+
+    async def _free_buffer(self) -> bytearray:
+        if self._free:
+            return self._free.pop()
+        if len(self._in_flight) < BATCHES_IN_FLIGHT:
+            return bytearray(FEED_BYTES)
+        future, buf = self._in_flight.popleft()
+        await future
+        return buf
+
+    def _feed(self, decryptor: JWEStreamDecryptor, data: bytearray | bytes) -> None:
+        if not self._stopping:
+            decryptor.feed(data)
+
+    async def call(self, decryptor: JWEStreamDecryptor, fn: Callable[[], T]) -> T:
+        """Hand over the rest, then run ``fn`` in the thread once every batch is done."""
+        if self._fill:
+            await self._submit(decryptor, bytes(self._buf[: self._fill]))
+            self._fill = 0
+        while self._in_flight:
+            future, _ = self._in_flight.popleft()
+            await future
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def close(self) -> None:
+        """Skip what is still queued and join the thread (it finishes at most one batch)."""
+        self._stopping = True
+        for future, _ in self._in_flight:
+            future.cancel()  # nobody awaits them any more: no "exception never retrieved"
+        self._in_flight.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish(decryptor: JWEStreamDecryptor, writer: BlobWriter) -> StreamResult:
+    result = decryptor.finish()  # the GCM tag: only now is the temp file's content authentic
+    writer.drain()  # everything hashed and on disk; the writer's threads are stopped
+    return result
+
+
 async def receive_attachment(
     api: SubmissionApi,
     blobs: BlobStore,
@@ -72,18 +155,19 @@ async def receive_attachment(
 ) -> ReceivedAttachment:
     """Download, decrypt, hash and store (uncommitted) one attachment; raise CheckFailed or ApiError."""
     limit = encrypted_bound(max(max_attachment_bytes, max_inflated_bytes))
-    writer = blobs.writer()
+    writer = blobs.writer(pipelined=True)
+    stage = _DecryptStage()
     try:
-        decryptor: JWEStreamDecryptor | None = None
-        prefix = b""
-        buffer = bytearray()
-        received = 0
         try:
+            decryptor: JWEStreamDecryptor | None = None
+            prefix = b""
+            received = 0
             async with api.attachment(submission_id, attachment_id) as resp:
                 declared = resp.content_length
                 if declared is not None and declared > limit:
                     raise _too_large(attachment_id, max_attachment_bytes)
-                async for chunk in resp.content.iter_chunked(FEED_BYTES):
+                # iter_chunks: the chunks as received, never joined or sliced.
+                async for chunk, _ in resp.content.iter_chunks():
                     received += len(chunk)
                     if received > limit:
                         raise _too_large(attachment_id, max_attachment_bytes)
@@ -97,21 +181,14 @@ async def receive_attachment(
                         decryptor = JWEStreamDecryptor(
                             keys, cast(BinaryIO, writer), max_plaintext=bound, hash_plaintext=False
                         )
-                        buffer += prefix
-                        prefix = b""
-                    else:
-                        buffer += chunk
-                    if len(buffer) >= FEED_BYTES:
-                        await asyncio.to_thread(decryptor.feed, bytes(buffer))
-                        buffer.clear()
+                        chunk, prefix = prefix, b""
+                    await stage.write(decryptor, chunk)
             if decryptor is None:  # a body shorter than the header bound without a dot
                 decryptor = JWEStreamDecryptor(
                     keys, cast(BinaryIO, writer), max_plaintext=max_attachment_bytes, hash_plaintext=False
                 )
-                buffer += prefix
-            if buffer:
-                await asyncio.to_thread(decryptor.feed, bytes(buffer))
-            result = await asyncio.to_thread(decryptor.finish)
+                await stage.write(decryptor, prefix)
+            result = await stage.call(decryptor, lambda: _finish(decryptor, writer))
         except PlaintextTooLarge:
             raise _too_large(attachment_id, max_attachment_bytes) from None
         except JoseError as exc:
@@ -120,6 +197,8 @@ async def receive_attachment(
                 f"attachment cannot be decrypted ({exc.code})",
                 attachment_id=attachment_id,
             ) from None
+        finally:
+            stage.close()  # joins the decryption thread, also when cancelled or failed
         if result.tag_b64 != expected_tag:
             raise fail(
                 "attachment-incorrect-authentication-tag",
@@ -131,7 +210,7 @@ async def receive_attachment(
             raise _too_large(attachment_id, max_attachment_bytes)
         return ReceivedAttachment(writer, result)
     except BaseException:
-        writer.abort()
+        writer.abort()  # stops the writer's threads (if any still run) and removes the temp file
         raise
 
 
