@@ -4,6 +4,11 @@ A delivery is built in a hidden temporary directory beside its final place (same
 every file and the directory are fsynced, then the directory is renamed to the message id and
 the parent fsynced. A reader therefore sees either nothing or the complete directory with its
 ``manifest.json``; it must ignore names starting with ``.`` (temporary directories).
+
+Every blob is hashed again while it is copied (its SHA-512 must match the envelope). The copy is
+pipelined: the event loop reads the next chunk while one thread hashes and another writes the
+earlier ones (both release the GIL), through a few recycled buffers. With ``fsync`` on, large
+files are written back as they go and dropped from the page cache, so the final fsync is short.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import hashlib
 import os
 import secrets
 import shutil
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,6 +39,11 @@ from gateway_filesystem.options import FilesystemOptions, parse_options, probe_w
 logger = structlog.get_logger(__name__)
 
 TEMP_PREFIX = ".tmp-"  # + "<id>~<random>": "~" never occurs in an id accepted by the layout
+COPY_CHUNK = 1 << 20  # read the blob in chunks of this size
+COPY_BUFFERS = 4  # buffers in flight per copied file (bounds the memory: COPY_BUFFERS * COPY_CHUNK)
+WRITEBACK_BYTES = 8 << 20  # with fsync on: write back and drop from the page cache every this many bytes
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _Permanent(Exception):
@@ -65,9 +77,82 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_chunk(fh: BinaryIO, hasher: Any, chunk: bytes) -> None:
-    fh.write(chunk)
-    hasher.update(chunk)
+class _PipelinedCopy:
+    """Hash and write one target file in two threads, buffer by buffer in order, while the event
+    loop reads ahead. Chunks are copied into recycled buffers at once (short-lived chunks let the
+    allocator reuse their memory instead of faulting in new pages). :meth:`close` joins both threads.
+    """
+
+    def __init__(self, fh: BinaryIO, *, writeback: bool) -> None:
+        self._fh = fh
+        self._writeback = writeback
+        self._written = 0
+        self._synced = 0
+        self._hasher = hashlib.sha512()
+        self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-copy-hash")
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-copy-write")
+        self._in_flight: deque[tuple[asyncio.Future[None], asyncio.Future[None], bytearray]] = deque()
+        self._buf = bytearray(COPY_CHUNK)
+        self._fill = 0
+
+    async def put(self, chunk: bytes) -> None:
+        """Take the next chunk; raises an earlier chunk's write error (``OSError``)."""
+        view, off = memoryview(chunk), 0
+        while off < len(view):
+            take = min(COPY_CHUNK - self._fill, len(view) - off)
+            self._buf[self._fill : self._fill + take] = view[off : off + take]
+            self._fill += take
+            off += take
+            if self._fill == COPY_CHUNK:
+                self._submit(memoryview(self._buf))
+                self._buf, self._fill = await self._free_buffer(), 0
+
+    def _submit(self, data: memoryview) -> None:
+        loop = asyncio.get_running_loop()
+        hashed = loop.run_in_executor(self._hash_thread, self._hasher.update, data)
+        written = loop.run_in_executor(self._write_thread, self._write, data)
+        self._in_flight.append((hashed, written, self._buf))
+
+    async def _free_buffer(self) -> bytearray:
+        if len(self._in_flight) < COPY_BUFFERS:
+            return bytearray(COPY_CHUNK)
+        hashed, written, buf = self._in_flight.popleft()
+        await hashed
+        await written
+        return buf
+
+    def _write(self, data: memoryview) -> None:
+        done = 0
+        while done < len(data):  # an unbuffered file may write less than asked
+            done += self._fh.write(data[done:]) or 0
+        self._written += len(data)
+        if self._writeback and self._written - self._synced >= WRITEBACK_BYTES:
+            fd = self._fh.fileno()
+            _fdatasync(fd)
+            if hasattr(os, "posix_fadvise"):  # only advice: the written-back pages may go
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, self._synced, self._written - self._synced, os.POSIX_FADV_DONTNEED)
+            self._synced = self._written
+
+    async def finish(self) -> str:
+        """Wait until everything is hashed and written; the SHA-512 hex of the whole file."""
+        if self._fill:
+            self._submit(memoryview(self._buf)[: self._fill])
+            self._fill = 0
+        while self._in_flight:
+            hashed, written, _ = self._in_flight.popleft()
+            await hashed
+            await written
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        """Discard what is queued and join both threads (they finish at most one buffer each)."""
+        for hashed, written, _ in self._in_flight:
+            hashed.cancel()  # nobody awaits them any more: no "exception never retrieved"
+            written.cancel()
+        self._in_flight.clear()
+        self._hash_thread.shutdown(wait=True, cancel_futures=True)
+        self._write_thread.shutdown(wait=True, cancel_futures=True)
 
 
 def _close_quietly(fh: BinaryIO) -> None:
@@ -179,7 +264,7 @@ class FilesystemAdapter:
         try:
             if self.options.file_mode is not None:
                 os.fchmod(fd, self.options.file_mode)
-            return os.fdopen(fd, "wb")
+            return os.fdopen(fd, "wb", buffering=0)  # the copy writes whole buffers itself
         except BaseException:
             os.close(fd)
             raise
@@ -196,10 +281,10 @@ class FilesystemAdapter:
         """Stream one blob into ``target``, checking size and SHA-512 on the way."""
         fh = await asyncio.to_thread(self._open_new, target)
         complete = False
+        copy = _PipelinedCopy(fh, writeback=self.options.fsync)
         try:
-            hasher = hashlib.sha512()
             size = 0
-            chunks: AsyncIterator[bytes] = blobs.iter_chunks(blob)
+            chunks: AsyncIterator[bytes] = blobs.iter_chunks(blob, COPY_CHUNK)
             try:
                 while True:
                     try:
@@ -211,15 +296,18 @@ class FilesystemAdapter:
                     size += len(chunk)
                     if size > blob.size:
                         raise _Permanent(f"part {blob.name}: stored blob is larger than its recorded size")
-                    await asyncio.to_thread(_write_chunk, fh, hasher, chunk)
+                    await copy.put(chunk)  # an OSError here is the target's (writing failed)
             finally:
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()
-            if size != blob.size or hasher.hexdigest() != blob.sha512.lower():
+            digest = await copy.finish()
+            if size != blob.size or digest != blob.sha512.lower():
                 raise _Permanent(f"part {blob.name}: stored blob does not match its recorded sha512")
             complete = True
         finally:
+            # No thread may still write when the file is closed (and its directory removed).
+            copy.close()
             # On failure the file is discarded with its directory: close it without letting a
             # flush error (e.g. ENOSPC again) hide the original cause.
             await asyncio.to_thread(self._close_file if complete else _close_quietly, fh)
