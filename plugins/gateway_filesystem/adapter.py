@@ -80,7 +80,8 @@ def _fsync_dir(path: Path) -> None:
 class _PipelinedCopy:
     """Hash and write one target file in two threads, buffer by buffer in order, while the event
     loop reads ahead. Chunks are copied into recycled buffers at once (short-lived chunks let the
-    allocator reuse their memory instead of faulting in new pages). :meth:`close` joins both threads.
+    allocator reuse their memory instead of faulting in new pages). A file smaller than one buffer
+    is hashed and written in one step, without the threads. :meth:`close` joins both threads.
     """
 
     def __init__(self, fh: BinaryIO, *, writeback: bool) -> None:
@@ -92,8 +93,9 @@ class _PipelinedCopy:
         self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-copy-hash")
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-copy-write")
         self._in_flight: deque[tuple[asyncio.Future[None], asyncio.Future[None], bytearray]] = deque()
-        self._buf = bytearray(COPY_CHUNK)
+        self._buf = bytearray()  # the first buffer grows with the data: small files stay small
         self._fill = 0
+        self._pipelined = False
 
     async def put(self, chunk: bytes) -> None:
         """Take the next chunk; raises an earlier chunk's write error (``OSError``)."""
@@ -108,6 +110,7 @@ class _PipelinedCopy:
                 self._buf, self._fill = await self._free_buffer(), 0
 
     def _submit(self, data: memoryview) -> None:
+        self._pipelined = True
         loop = asyncio.get_running_loop()
         hashed = loop.run_in_executor(self._hash_thread, self._hasher.update, data)
         written = loop.run_in_executor(self._write_thread, self._write, data)
@@ -134,11 +137,18 @@ class _PipelinedCopy:
                     os.posix_fadvise(fd, self._synced, self._written - self._synced, os.POSIX_FADV_DONTNEED)
             self._synced = self._written
 
+    def _hash_and_write(self, data: memoryview) -> None:
+        self._hasher.update(data)
+        self._write(data)
+
     async def finish(self) -> str:
         """Wait until everything is hashed and written; the SHA-512 hex of the whole file."""
-        if self._fill:
+        if self._fill and not self._pipelined:  # in the writing thread: close() joins it even if cancelled
+            data = memoryview(self._buf)[: self._fill]
+            await asyncio.get_running_loop().run_in_executor(self._write_thread, self._hash_and_write, data)
+        elif self._fill:
             self._submit(memoryview(self._buf)[: self._fill])
-            self._fill = 0
+        self._fill = 0
         while self._in_flight:
             hashed, written, _ = self._in_flight.popleft()
             await hashed

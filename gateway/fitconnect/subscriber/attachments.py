@@ -81,8 +81,7 @@ class _DecryptStage:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attachment-decrypt")
         self._in_flight: deque[tuple[asyncio.Future[None], bytearray]] = deque()
-        self._free: list[bytearray] = []
-        self._buf = bytearray(FEED_BYTES)
+        self._buf = bytearray()  # the first buffer grows with the data: small attachments stay small
         self._fill = 0
         self._stopping = False
 
@@ -95,31 +94,30 @@ class _DecryptStage:
             self._fill += take
             off += take
             if self._fill == FEED_BYTES:
-                await self._submit(decryptor, self._buf)
+                self._submit(decryptor)
                 self._buf, self._fill = await self._free_buffer(), 0
 
-    async def _submit(self, decryptor: JWEStreamDecryptor, data: bytearray | bytes) -> None:
+    def _submit(self, decryptor: JWEStreamDecryptor) -> None:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._feed, decryptor, data)
-        self._in_flight.append((future, data if isinstance(data, bytearray) else bytearray()))
+        future = loop.run_in_executor(self._pool, self._feed, decryptor, self._buf)
+        self._in_flight.append((future, self._buf))
 
     async def _free_buffer(self) -> bytearray:
-        if self._free:
-            return self._free.pop()
         if len(self._in_flight) < BATCHES_IN_FLIGHT:
             return bytearray(FEED_BYTES)
         future, buf = self._in_flight.popleft()
         await future
         return buf
 
-    def _feed(self, decryptor: JWEStreamDecryptor, data: bytearray | bytes) -> None:
+    def _feed(self, decryptor: JWEStreamDecryptor, data: bytearray) -> None:
         if not self._stopping:
             decryptor.feed(data)
 
     async def call(self, decryptor: JWEStreamDecryptor, fn: Callable[[], T]) -> T:
         """Hand over the rest, then run ``fn`` in the thread once every batch is done."""
         if self._fill:
-            await self._submit(decryptor, bytes(self._buf[: self._fill]))
+            del self._buf[self._fill :]  # the last, partial batch (not recycled any more)
+            self._submit(decryptor)
             self._fill = 0
         while self._in_flight:
             future, _ = self._in_flight.popleft()
