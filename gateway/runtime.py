@@ -213,6 +213,7 @@ def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -
         accept_policy=accept_policy,
         on_routed=worker.wake,
         on_ack_due=acker.wake,
+        delivery=worker,
     )
     for name, inst in config.sources.items():
         source_type = plugins.source_types.get(inst.type)

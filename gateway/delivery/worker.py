@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -77,9 +78,38 @@ class DeliveryWorker:
         self._running = False
         self._loop_exited = asyncio.Event()
         self._in_flight: dict[str, set[asyncio.Task[None]]] = {name: set() for name in adapters}
+        self._reserved: dict[str, int] = dict.fromkeys(adapters, 0)
 
     def wake(self) -> None:
         self._wake.set()
+
+    # hand-over from the intake: the routing commit leases the message to this worker, no claim --
+
+    def reserve(self, adapter: str) -> tuple[str, float] | None:
+        """A delivery lease (owner, until) for a message about to be routed to ``adapter``, if a slot
+        is free right now; follow with :meth:`hand_over` (or :meth:`unreserve` if nothing was leased)."""
+        slot = self.adapters.get(adapter)
+        if slot is None or not self._running or self._stopping:
+            return None
+        if len(self._in_flight[adapter]) + self._reserved[adapter] >= slot.concurrency:
+            return None
+        self._reserved[adapter] += 1
+        return self.owner, self.clock() + self.lease_seconds
+
+    def unreserve(self, adapter: str) -> None:
+        self._reserved[adapter] -= 1
+
+    def hand_over(self, stored: StoredMessage) -> None:
+        """Deliver a message the intake's commit leased to this worker (see :meth:`reserve`)."""
+        adapter = stored.envelope.adapter or ""
+        self.unreserve(adapter)
+        if stored.lease_owner != self.owner or stored.envelope.state is not MessageState.ROUTED:
+            return  # not leased to us after all (e.g. stored before): the claim loop handles it
+        # A fresh context: the caller's log context (e.g. an HTTP request's) must not leak in.
+        task = asyncio.create_task(self._deliver(self.adapters[adapter].adapter, stored), context=contextvars.Context())
+        self._in_flight[adapter].add(task)
+        task.add_done_callback(self._in_flight[adapter].discard)
+        task.add_done_callback(lambda _t: self._wake.set())
 
     @property
     def in_flight(self) -> int:
@@ -99,7 +129,7 @@ class DeliveryWorker:
         while not self._stopping:
             claimed_any = False
             for name, slot in self.adapters.items():
-                free = slot.concurrency - len(self._in_flight[name])
+                free = slot.concurrency - len(self._in_flight[name]) - self._reserved[name]
                 if free <= 0 or self._stopping:
                     continue
                 try:

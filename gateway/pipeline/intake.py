@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -51,6 +51,16 @@ class IncomingMessage:
     received_at: datetime | None = None
 
 
+class HandOver(Protocol):
+    """The delivery worker, as the intake sees it (:class:`gateway.delivery.worker.DeliveryWorker`)."""
+
+    def reserve(self, adapter: str) -> tuple[str, float] | None: ...
+
+    def unreserve(self, adapter: str) -> None: ...
+
+    def hand_over(self, stored: StoredMessage) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class IntakeResult:
     message: StoredMessage
@@ -69,6 +79,7 @@ class Intake:
         on_routed: Callable[[], None] = lambda: None,
         on_ack_due: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        delivery: HandOver | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -78,6 +89,9 @@ class Intake:
         self.on_routed = on_routed
         self.on_ack_due = on_ack_due
         self.clock = clock
+        # With a worker: a message routed by receive() is leased to it in the same commit and
+        # delivered right away (no claim commit, no poll delay) when it has a free slot.
+        self.delivery = delivery
         self.draining = False
 
     async def receive(self, incoming: IncomingMessage) -> IntakeResult:
@@ -97,14 +111,25 @@ class Intake:
         # message is stored RECEIVED → VALIDATED → ROUTED (or → REJECTED) in ONE transaction: one
         # commit instead of three, each step still audited on its own.
         try:
-            plan = await self._plan(envelope, incoming.problems)
+            plan = await self._plan(envelope, incoming.problems, hand_over=True)
         except Exception:
             # A check plugin broke: keep the message anyway (RECEIVED); resume() tries again later.
             log.exception("pipeline_checks_failed", source=incoming.source.channel)
             plan = []
-        stored, created = await self.store.insert(
-            envelope, actor=f"source:{incoming.source.channel}", problems=incoming.problems, then=plan
-        )
+        leased = plan[-1].adapter if plan and plan[-1].lease is not None else None
+        try:
+            stored, created = await self.store.insert(
+                envelope, actor=f"source:{incoming.source.channel}", problems=incoming.problems, then=plan
+            )
+        except BaseException:
+            if leased is not None and self.delivery is not None:
+                self.delivery.unreserve(leased)
+            raise
+        if leased is not None and self.delivery is not None:
+            if created:
+                self.delivery.hand_over(stored)
+            else:  # a duplicate: the stored message is left as it is (maybe in delivery right now)
+                self.delivery.unreserve(leased)
         channel = incoming.source.channel
         if not created:
             self.metrics.duplicates.labels(channel).inc()
@@ -144,8 +169,9 @@ class Intake:
         await self._after(env.state, plan, stored)
         return stored
 
-    async def _plan(self, env: Envelope, problems: Sequence[Problem]) -> list[Step]:
-        """The steps from ``env.state`` (RECEIVED or VALIDATED) to ROUTED or REJECTED."""
+    async def _plan(self, env: Envelope, problems: Sequence[Problem], *, hand_over: bool = False) -> list[Step]:
+        """The steps from ``env.state`` (RECEIVED or VALIDATED) to ROUTED or REJECTED; with
+        ``hand_over`` the ROUTED step leases the delivery to the worker if it has a slot free."""
         actor = "pipeline"
         steps: list[Step] = []
         if env.state is MessageState.RECEIVED:
@@ -164,6 +190,9 @@ class Intake:
         ack = None
         if env.ack is AckState.WAITING and self.accept_policy(env.source.channel) == "stored":
             ack = AckState.PENDING
+        lease = None
+        if hand_over and self.delivery is not None:
+            lease = self.delivery.reserve(decision.route.adapter)
         steps.append(
             Step(
                 MessageState.ROUTED,
@@ -172,6 +201,7 @@ class Intake:
                 route=decision.route.name,
                 adapter=decision.route.adapter,
                 ack=ack,
+                lease=lease,
                 details={"route": decision.route.name, "adapter": decision.route.adapter},
             )
         )
@@ -211,8 +241,8 @@ class Intake:
                 )
             await self.plugins.message_transition(view, previous.value, step.reason)
             previous = step.target
-        if env.state is MessageState.ROUTED:
-            self.on_routed()
+        if env.state is MessageState.ROUTED and stored.lease_owner is None:
+            self.on_routed()  # not handed over: the worker's claim loop picks it up
         if env.ack is AckState.PENDING:
             self.on_ack_due()
 

@@ -155,6 +155,10 @@ class Step:
     # With ack=PENDING: the acknowledgement is leased to (owner, until) in the same commit, so the
     # caller can acknowledge upstream right away without a claim_acks round trip.
     ack_lease: tuple[str, float] | None = None
+    # With target=ROUTED: the delivery is leased to (owner, until) and its first attempt counted
+    # and audited in the same commit, as claim_deliveries would (the intake hands the message
+    # straight to its worker).
+    lease: tuple[str, float] | None = None
     last_error: str | None = None
     reset_attempts: bool = False
     # Only apply when nothing is outstanding upstream (ack none/done); otherwise skip this step
@@ -164,6 +168,19 @@ class Step:
 
 def step_applies(row: Any, step: Step) -> bool:
     return not step.if_settled or row["ack"] in (AckState.NONE.value, AckState.DONE.value)
+
+
+def attempt_record(step: Step, attempt: int) -> dict[str, Any]:
+    """The audit record of a delivery attempt leased with a step (the same as claim_deliveries')."""
+    assert step.lease is not None
+    return {
+        "event": "attempt",
+        "from_state": step.target.value,
+        "to_state": step.target.value,
+        "reason": f"delivery attempt {attempt}",
+        "actor": step.lease[0],
+        "details": {"adapter": step.adapter, "attempt": attempt},
+    }
 
 
 def transition_changes(message_id: str, row: Any, step: Step, *, now: float) -> tuple[MessageState, dict[str, Any]]:
@@ -199,6 +216,11 @@ def transition_changes(message_id: str, row: Any, step: Step, *, now: float) -> 
             raise ValueError("ack_lease needs ack=PENDING")
         sets["ack_lease_owner"], sets["ack_lease_until"] = step.ack_lease
         sets["ack_attempts"] = (row["ack_attempts"] or 0) + 1
+    if step.lease is not None:
+        if target is not MessageState.ROUTED:
+            raise ValueError("lease needs target=ROUTED")
+        sets["lease_owner"], sets["lease_until"] = step.lease
+        sets["attempts"] = (row["attempts"] or 0) + 1
     if step.last_error is not None:
         sets["last_error"] = step.last_error
     if step.reset_attempts:

@@ -44,6 +44,7 @@ from gateway.store.base import (
     MessageNotFound,
     Step,
     StoredMessage,
+    attempt_record,
     audit_hash,
     step_applies,
     transition_changes,
@@ -490,6 +491,8 @@ class PostgresStore:
                 details=step.details,
                 at=now,
             )
+            if step.lease is not None:
+                tx.audit(message_id=message_id, at=now, **attempt_record(step, sets["attempts"]))
             row = updated
         return row
 

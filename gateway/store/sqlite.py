@@ -37,6 +37,7 @@ from gateway.store.base import (
     MessageNotFound,
     Step,
     StoredMessage,
+    attempt_record,
     audit_hash,
     step_applies,
     transition_changes,
@@ -563,6 +564,8 @@ class SQLiteStore:
                 details=step.details,
                 at=now,
             )
+            if step.lease is not None:
+                self._append_audit(conn, message_id=message_id, at=now, **attempt_record(step, sets["attempts"]))
             current_row.update(sets)
 
     async def insert(

@@ -132,6 +132,35 @@ async def test_readyz(gw: Gateway, tmp_path: Path) -> None:
     assert body["checks"]["store"] == "ok"
 
 
+async def test_routed_messages_are_handed_to_a_free_worker_slot_in_the_routing_commit(gw: Gateway) -> None:
+    gw.remote.gate = asyncio.Event()
+    commits = gw.runtime.store.commits
+    first = (await gw.runtime.intake.receive(incoming("fit", "sub-1"))).message
+    assert gw.runtime.store.commits - commits == 1  # received, validated, routed and leased together
+    assert first.lease_owner == gw.runtime.worker.owner
+    await eventually(lambda: len(gw.remote.calls) == 1)  # delivering without a claim or a poll
+    trail = await gw.runtime.store.audit_trail(first.envelope.id)
+    assert [(r.event, r.to_state, r.actor) for r in trail] == [
+        ("transition", "received", "source:fit"),
+        ("transition", "validated", "pipeline"),
+        ("transition", "routed", "pipeline"),
+        ("attempt", "routed", gw.runtime.worker.owner),
+    ]
+    assert trail[-1].details == {"adapter": "remote", "attempt": 1}
+    # The only slot is busy: the next message is routed without a lease, for the claim loop.
+    second = (await gw.runtime.intake.receive(incoming("fit", "sub-2"))).message
+    assert second.lease_owner is None
+    # A duplicate of the message being delivered must not start a second delivery.
+    again = await gw.runtime.intake.receive(incoming("fit", "sub-1"))
+    assert not again.created
+    gw.remote.gate.set()
+    await gw.until(first.envelope.id, MessageState.ACKNOWLEDGED)
+    await gw.until(second.envelope.id, MessageState.ACKNOWLEDGED)
+    assert [c.envelope.id for c in gw.remote.calls] == [first.envelope.id, second.envelope.id]
+    assert gw.remote.max_active == 1  # concurrency = 1 held, hand-over included
+    assert gw.runtime.worker._reserved == {"files": 0, "remote": 0}
+
+
 async def test_metrics_after_traffic(gw: Gateway) -> None:
     gw.remote.script = [DeliveryResult.permanent("no")]
     ok = (await gw.runtime.intake.receive(incoming("fit", routing=RoutingKeys(service="urn:files")))).message

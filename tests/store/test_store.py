@@ -341,6 +341,36 @@ async def test_if_settled_step_only_when_nothing_is_outstanding_upstream(store: 
     assert claimed.envelope.id == plain
 
 
+async def test_delivery_lease_taken_with_the_routing(store: AnyStore, clock: FakeClock) -> None:
+    env = make_envelope()
+    stored, _ = await store.insert(
+        env,
+        actor="source:x",
+        then=[
+            Step(MessageState.VALIDATED, "ok", "pipeline"),
+            Step(MessageState.ROUTED, "r1", "pipeline", route="r1", adapter="fv", lease=("w1", clock.now + 60)),
+        ],
+    )
+    assert (stored.lease_owner, stored.lease_until, stored.envelope.attempts) == ("w1", clock.now + 60, 1)
+    last = (await store.audit_trail(env.id))[-1]
+    assert (last.event, last.to_state, last.actor, last.reason, last.details) == (
+        "attempt",
+        "routed",
+        "w1",
+        "delivery attempt 1",
+        {"adapter": "fv", "attempt": 1},
+    )
+    assert await store.claim_deliveries(owner="w2", adapter="fv", limit=5, now=clock.now + 59, lease_seconds=30) == []
+    [taken] = await store.claim_deliveries(owner="w2", adapter="fv", limit=5, now=clock.now + 61, lease_seconds=30)
+    assert taken.envelope.attempts == 2  # the lease holder died: the next attempt is counted on top
+    with pytest.raises(LeaseLost):
+        await store.transition(env.id, MessageState.DELIVERED, reason="late", actor="w1", lease_owner="w1")
+    with pytest.raises(ValueError, match="lease needs target=ROUTED"):
+        await store.insert(
+            make_envelope(), actor="x", then=[Step(MessageState.VALIDATED, "ok", "p", lease=("w2", clock.now))]
+        )
+
+
 async def test_ack_lease_taken_with_the_delivery(store: AnyStore, clock: FakeClock) -> None:
     mid = await routed_message(store, ack=AckState.WAITING)
     await store.claim_deliveries(owner="w", adapter="fv", limit=5, now=clock.now, lease_seconds=30)
