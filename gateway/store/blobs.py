@@ -32,8 +32,8 @@ from typing import Any, BinaryIO
 from gateway.model import BlobRef
 
 CHUNK = 1 << 20
-BUFFER_BYTES = 1 << 20  # unit of work of a writer's pipeline
-PIPELINE_BUFFERS = 8  # buffers per writer in flight at most (bounds its memory)
+BUFFER_BYTES = 4 << 20  # unit of work of a writer's pipeline (fewer, larger hand-overs: measured faster than 1 MiB)
+PIPELINE_BUFFERS = 3  # buffers per writer at most: one filled, one hashed, one written (bounds its memory)
 WRITEBACK_BYTES = 8 << 20  # write back and drop from the page cache every this many bytes
 READ_DROP_BYTES = 8 << 20  # iter_chunks: drop what was read from the page cache every this many bytes
 

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.fitconnect.subscriber import attachments as attachments_module
 from gateway.fitconnect.subscriber.attachments import ReceivedAttachment, receive_attachment
 from gateway.fitconnect.subscriber.checks import CheckFailed
 from gateway.fitconnect.subscriber.client import ApiError, SubmissionApi, TokenProvider
@@ -32,6 +33,16 @@ from .test_subscriber_units import AID, SID, encrypted, encryption_key, failure
 MiB = 1 << 20
 CONTENT = b"".join(hashlib.sha512(i.to_bytes(4, "big")).digest() for i in range(6 * MiB // 64)) + b"tail"
 SHA = hashlib.sha512(CONTENT).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def small_units(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """256 KiB batches and writer buffers (production: a few MiB), so that 6 MiB run through many
+    of them and the event loop and the decryption thread really wait for free buffers."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("units") != "production":
+        monkeypatch.setattr(attachments_module, "FEED_BYTES", 256 * 1024)
+        monkeypatch.setattr(blobs_module, "BUFFER_BYTES", 256 * 1024)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +141,9 @@ def assert_clean(blobs: BlobStore) -> None:
     assert list(blobs.tmp_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("units", ["small", "production"])
 @pytest.mark.parametrize("mode", ["whole", "chunked"])
-async def test_large_attachment_through_the_pipeline(tmp_path: Path, jwe: bytes, mode: str) -> None:
+async def test_large_attachment_through_the_pipeline(tmp_path: Path, jwe: bytes, mode: str, units: str) -> None:
     blobs = store(tmp_path)
     async with serving(Server(jwe, mode=mode)) as api:
         got = await receive(api, blobs, tag=tag_of(jwe))

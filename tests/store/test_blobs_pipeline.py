@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.store import blobs as blobs_module
-from gateway.store.blobs import BUFFER_BYTES, PIPELINE_BUFFERS, BlobStore, BlobWriter
+from gateway.store.blobs import BlobStore, BlobWriter
 
 MiB = 1 << 20
 
@@ -27,8 +27,14 @@ def pattern(size: int) -> bytes:
     return b"".join(blocks)[:size]
 
 
-CONTENT = pattern(5 * MiB + 12345)  # five full buffers and a partial one
+CONTENT = pattern(5 * MiB + 12345)  # with 1 MiB buffers: five full buffers and a partial one
 DIGEST = hashlib.sha512(CONTENT).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def small_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 MiB buffers (production: larger), so a few MB run through many recycled buffers."""
+    monkeypatch.setattr(blobs_module, "BUFFER_BYTES", MiB)
 
 
 @pytest.fixture
@@ -181,12 +187,14 @@ def test_memory_is_bounded_and_abort_from_another_thread_stops_everything(
     accepted = 0
     outcome: list[BaseException | None] = []
 
+    buffer_bytes, buffers = blobs_module.BUFFER_BYTES, blobs_module.PIPELINE_BUFFERS
+
     def produce() -> None:
         nonlocal accepted
         try:
-            for _ in range(4 * PIPELINE_BUFFERS):
-                writer.write(CONTENT[:BUFFER_BYTES])
-                accepted += BUFFER_BYTES
+            for _ in range(4 * buffers):
+                writer.write(CONTENT[:buffer_bytes])
+                accepted += buffer_bytes
             outcome.append(None)
         except BaseException as exc:  # ValueError: the writer was aborted meanwhile
             outcome.append(exc)
@@ -196,7 +204,7 @@ def test_memory_is_bounded_and_abort_from_another_thread_stops_everything(
     assert entered.wait(30)
     producer.join(timeout=0.3)
     assert producer.is_alive()  # blocked: no buffer is free while the disk hangs
-    assert accepted <= (PIPELINE_BUFFERS + 1) * BUFFER_BYTES
+    assert accepted <= (buffers + 1) * buffer_bytes
 
     aborter = threading.Thread(target=writer.abort)
     aborter.start()

@@ -38,7 +38,7 @@ from gateway.fitconnect.subscriber.checks import CheckFailed, check_hash, fail
 from gateway.fitconnect.subscriber.client import SubmissionApi
 from gateway.store.blobs import BlobStore, BlobWriter
 
-FEED_BYTES = 1 << 20  # hand the decryption thread batches of 1 MiB (one thread hop each)
+FEED_BYTES = 4 << 20  # hand the decryption thread batches of 4 MiB (one thread hop each)
 BATCHES_IN_FLIGHT = 3  # batches received but not yet decrypted, at most (bounds the memory)
 JWE_OVERHEAD = 64 * 1024  # header, encrypted key, iv, tag and dots around the ciphertext
 
