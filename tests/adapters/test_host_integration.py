@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -67,6 +68,42 @@ async def test_filesystem_with_real_blob_store(tmp_path: Path, store: BlobStore)
     manifest = json.loads((tmp_path / "out" / message.id / "manifest.json").read_text())
     assert [f["file"] for f in manifest["files"]] == ["data.json", "Plan.pdf"]
     assert (tmp_path / "out" / message.id / "Plan.pdf").read_bytes() == b"%PDF-1.7 plan"
+
+
+async def test_filesystem_small_messages_take_one_thread_call_with_the_same_outcomes(
+    tmp_path: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small messages from the gateway's own blob store are copied in one worker-thread call; the
+    streaming path's outcomes hold there too (checked against the streaming path's own results)."""
+    adapter = create_filesystem(context(tmp_path), {"directory": "out"})
+    hops: list[str] = []
+    real_to_thread = asyncio.to_thread
+
+    async def counting(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return await real_to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    message = envelope(store)
+    first = await adapter.deliver(Delivery(message, store, 1, message.id))
+    assert first.outcome is DeliveryOutcome.DELIVERED
+    assert hops == ["_deliver_at_once"]
+    again = await adapter.deliver(Delivery(message, store, 2, message.id))
+    assert (again.outcome, again.reason) == (DeliveryOutcome.DELIVERED, "already delivered")
+    # Bit rot in the stored blob: permanent, nothing left behind.
+    rotten = envelope(store)  # same content, so the same blob file as the delivered one's
+    path = store.path(rotten.attachments[0])
+    path.chmod(0o644)
+    path.write_bytes(b"%PDF-1.7 plaN")
+    result = await adapter.deliver(Delivery(rotten, store, 1, rotten.id))
+    assert result.outcome is DeliveryOutcome.PERMANENT
+    assert result.reason == f"part {rotten.attachments[0].name}: stored blob does not match its recorded sha512"
+    # The blob file gone: transient (the store may be on a mount that comes back).
+    path.unlink()
+    result = await adapter.deliver(Delivery(rotten, store, 1, rotten.id))
+    assert result.outcome is DeliveryOutcome.TRANSIENT
+    assert result.reason == "reading the stored blob failed: ENOENT (No such file or directory)"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [message.id]  # no temporaries left
 
 
 async def test_webhook_with_real_secret_resolver(

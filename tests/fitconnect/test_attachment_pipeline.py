@@ -227,3 +227,25 @@ async def test_cancellation_mid_stream(tmp_path: Path, jwe: bytes) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert_clean(blobs)
+
+
+async def test_small_attachment_is_decrypted_on_the_loop_without_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = CONTENT[:100_000]
+    compact = encrypted(small).encode()
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def recording_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    blobs = store(tmp_path)
+    async with serving(Server(compact)) as api:
+        got = await receive(api, blobs, tag=tag_of(compact), sha=hashlib.sha512(small).hexdigest())
+    assert [n for n in started if n.startswith(("attachment-decrypt", "blob-"))] == []
+    ref = got.writer.commit(name=f"attachment:{AID}", attachment_id=AID)
+    assert blobs.path(ref).read_bytes() == small
+    assert_clean(blobs)

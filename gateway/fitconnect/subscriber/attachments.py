@@ -39,6 +39,7 @@ from gateway.fitconnect.subscriber.client import SubmissionApi
 from gateway.store.blobs import BlobStore, BlobWriter
 
 FEED_BYTES = 4 << 20  # hand the decryption thread batches of 4 MiB (one thread hop each)
+INLINE_BYTES = 256 * 1024  # a smaller attachment is decrypted on the event loop (no thread at all)
 BATCHES_IN_FLIGHT = 3  # batches received but not yet decrypted, at most (bounds the memory)
 JWE_OVERHEAD = 64 * 1024  # header, encrypted key, iv, tag and dots around the ciphertext
 
@@ -76,10 +77,13 @@ class _DecryptStage:
     the memory back to the kernel and faults it in anew for the next chunks (measured: that costs
     more than the copy). A full buffer goes to the thread; the event loop waits only when every
     buffer is in flight (``BATCHES_IN_FLIGHT``). :meth:`close` stops and joins the thread.
+
+    The thread is only started for the first full batch: an attachment of at most ``INLINE_BYTES``
+    (the usual scanned form) is decrypted on the event loop, where it costs less than the hop.
     """
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attachment-decrypt")
+        self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[tuple[asyncio.Future[None], bytearray]] = deque()
         self._buf = bytearray()  # the first buffer grows with the data: small attachments stay small
         self._fill = 0
@@ -98,6 +102,8 @@ class _DecryptStage:
                 self._buf, self._fill = await self._free_buffer(), 0
 
     def _submit(self, decryptor: JWEStreamDecryptor) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attachment-decrypt")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, self._feed, decryptor, self._buf)
         self._in_flight.append((future, self._buf))
@@ -115,6 +121,11 @@ class _DecryptStage:
 
     async def call(self, decryptor: JWEStreamDecryptor, fn: Callable[[], T]) -> T:
         """Hand over the rest, then run ``fn`` in the thread once every batch is done."""
+        if self._pool is None and self._fill <= INLINE_BYTES:
+            if self._fill:
+                decryptor.feed(self._buf[: self._fill])
+                self._fill = 0
+            return fn()
         if self._fill:
             del self._buf[self._fill :]  # the last, partial batch (not recycled any more)
             self._submit(decryptor)
@@ -122,6 +133,7 @@ class _DecryptStage:
         while self._in_flight:
             future, _ = self._in_flight.popleft()
             await future
+        assert self._pool is not None
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def close(self) -> None:
@@ -130,7 +142,8 @@ class _DecryptStage:
         for future, _ in self._in_flight:
             future.cancel()  # nobody awaits them any more: no "exception never retrieved"
         self._in_flight.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finish(decryptor: JWEStreamDecryptor, writer: BlobWriter) -> StreamResult:
