@@ -1,6 +1,6 @@
 """End-to-end FIT-Connect throughput against the RSA-4096 bound.
 
-    python bench/e2e_fitconnect.py [--submissions 200] [--attachments 1] [--profile] [--shared ../shared]
+    python bench/e2e_fitconnect.py [--submissions 200] [--attachments 1] [--profile] [--perf] [--shared ../shared]
 
 Path measured: sandbox Zustelldienst → gateway (``gateway run`` subprocess: fitconnect source,
 SQLite WAL+FULL, blob store, filesystem adapter with fsync) → accept-submission upstream.
@@ -17,7 +17,9 @@ decrypt (the JWE key unwrap) and PSS-SHA512 sign (PS512). A submission needs one
 is inherently expensive, so ``1 / (unwraps·t_oaep + t_pss)`` is the submissions/s bound per core.
 Printed: the bound, achieved submissions per gateway CPU-second (per core), their ratio, and wall
 throughput. ``--profile`` repeats the drain with py-spy sampling the gateway (all threads) and
-prints where the CPU goes.
+prints where the Python time goes; ``--perf`` repeats it under Linux ``perf`` (CPU samples only, C
+and kernel level) and prints the CPU shares by library and by system call: RSA in OpenSSL, the
+interpreter, the kernel's file creation, fsync, sockets.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -155,6 +158,7 @@ async def drain_once(
     attachments: int,
     *,
     profile: Path | None = None,
+    profiler: Callable[[int | None, Path], Any] | None = None,
     adapter_fsync: bool = True,
 ) -> Drain:
     """One drain; with ``profile``, py-spy samples the gateway during it (raw collapsed stacks)."""
@@ -184,7 +188,8 @@ async def drain_once(
             try:
                 sent = await h.send_all(sandbox, h.applications(random.Random(1), n, attachments=attachments))
             finally:
-                spy = await start_pyspy(node.pid, profile) if profile is not None else None
+                start = profiler or start_pyspy
+                spy = await start(node.pid, profile) if profile is not None else None
                 (user0, sys0), t0 = node.cpu_times(), time.monotonic()
                 node.resume()
             await h.wait_until(
@@ -221,6 +226,48 @@ CATEGORIES = (
     ("asyncio event loop, thread hand-offs", ("asyncio", "threading.py", "concurrent/futures", "selectors.py")),
     ("JSON encode/decode", ("json/",)),
 )
+
+
+async def start_perf(pid: int | None, output: Path) -> asyncio.subprocess.Process:
+    assert pid is not None
+    perf = await asyncio.create_subprocess_exec(
+        "perf",
+        "record",
+        "-F",
+        "999",
+        "-g",
+        "-o",
+        str(output),
+        "-p",
+        str(pid),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(0.5)
+    return perf
+
+
+def perf_summary(data: Path) -> str:
+    """CPU shares of the gateway by shared object, and the kernel time by system call."""
+    import subprocess
+
+    def report(*args: str) -> list[str]:
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+    lines = ["perf: CPU samples of the gateway during the drain, by library (self time):"]
+    lines += [f"  {line.strip()}" for line in report("--no-children", "--sort", "dso")[:8]]
+    lines.append("kernel time by system call (share of all samples, callees included):")
+    calls = [line for line in report("--children", "--sort", "sym") if "[k] __x64_sys_" in line]
+    lines += [f"  {line.split()[0]:>7}  {line.split()[-1].removeprefix('__x64_sys_')}" for line in calls[:10]]
+    lines.append("top symbols (self time):")
+    lines += [f"  {line.strip()}" for line in report("--no-children", "--sort", "sym")[:10]]
+    return "\n".join(lines)
 
 
 def pyspy_summary(raw: Path, top: int = 20) -> str:
@@ -260,6 +307,7 @@ def main() -> int:
     parser.add_argument("--attachments", type=int, default=1, help="attachments per submission (default 1)")
     parser.add_argument("--rounds", type=int, default=2, help="drains; the best is reported (default 2)")
     parser.add_argument("--profile", action="store_true", help="one more drain with py-spy sampling the gateway")
+    parser.add_argument("--perf", action="store_true", help="one more drain under Linux perf (C and kernel level)")
     parser.add_argument(
         "--no-adapter-fsync", action="store_true", help="filesystem adapter with fsync = false (what its fsyncs cost)"
     )
@@ -320,6 +368,19 @@ def main() -> int:
             d = asyncio.run(drain_once(Path(tmp), metadata_dir, args.submissions, args.attachments, profile=raw))
             print(f"profiled drain: {d.wall:.2f} s wall, gateway CPU {d.cpu:.2f} s (sampling overhead included)")
             print(pyspy_summary(raw))
+    if args.perf:
+        if not shutil.which("perf"):
+            print("--perf needs Linux perf (Debian: linux-perf)", file=sys.stderr)
+            return 2
+        with tempfile.TemporaryDirectory(prefix="gw-bench-e2e-") as tmp:
+            data = Path(tmp) / "perf.data"
+            d = asyncio.run(
+                drain_once(
+                    Path(tmp), metadata_dir, args.submissions, args.attachments, profile=data, profiler=start_perf
+                )
+            )
+            print(f"perf drain: {d.wall:.2f} s wall, gateway CPU {d.cpu:.2f} s (sampling overhead included)")
+            print(perf_summary(data))
     return 0
 
 
