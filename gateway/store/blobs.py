@@ -360,13 +360,14 @@ class BlobStore:
         """A new writer; ``pipelined`` for large streams (hashing and writing in threads)."""
         return BlobWriter(self, pipelined=pipelined)
 
-    async def write_bytes(self, data: bytes, **kwargs: str | None) -> BlobRef:
-        def work() -> BlobRef:
-            with self.writer() as w:
-                w.write(data)
-                return w.commit(**kwargs)  # type: ignore[arg-type]
+    def store_bytes(self, data: bytes, **kwargs: str | None) -> BlobRef:
+        """Write and commit a small blob synchronously (from a worker thread: it fsyncs)."""
+        with self.writer() as w:
+            w.write(data)
+            return w.commit(**kwargs)  # type: ignore[arg-type]
 
-        return await asyncio.to_thread(work)
+    async def write_bytes(self, data: bytes, **kwargs: str | None) -> BlobRef:
+        return await asyncio.to_thread(self.store_bytes, data, **kwargs)
 
     async def write_stream(self, chunks: AsyncIterator[bytes], **kwargs: str | None) -> BlobRef:
         writer = self.writer(pipelined=True)  # committed or aborted right after the stream ends

@@ -210,7 +210,7 @@ class XoevHttpSource:
                 body.abort()  # whatever was not committed (refused or failed) is removed
 
     async def _accept(self, sender: SenderConfig, body: ReceivedBody) -> web.Response:
-        outcome = await self._validate(body.xml)
+        outcome, decoded_data = await self._validate(body.xml)
         identity = outcome.identity
         if sender.authors and (identity is None or identity.author_id not in sender.authors):
             raise Refusal(
@@ -233,10 +233,20 @@ class XoevHttpSource:
         # to the key, or the second message of a process would be taken for a resend of the first
         idempotency_key = f"{sender.id}:{message_type}:{reference}"
 
-        data = await self.ctx.blobs.write_bytes(body.xml, name="data", media_type="application/xml")
+        decoded_json = self._decoded_json(decoded_data)
+
+        def store_parts() -> tuple[BlobRef, BlobRef | None]:  # both small files in one thread hop
+            data = self.ctx.blobs.store_bytes(body.xml, name="data", media_type="application/xml")
+            decoded = None
+            if decoded_json is not None:
+                decoded = self.ctx.blobs.store_bytes(
+                    decoded_json, name=DECODED_PART, media_type="application/json", filename="decoded.json"
+                )
+            return data, decoded
+
+        data, decoded = await asyncio.to_thread(store_parts)
         attachments = [await pending.commit() for pending in body.attachments]
         body.attachments.clear()
-        decoded = await self._decoded(body.xml) if self.options.store_decoded else None
 
         xoev_meta: dict[str, Any] = {
             "standard": identity.standard if identity else None,
@@ -298,11 +308,29 @@ class XoevHttpSource:
             headers={"Location": status_url},
         )
 
-    async def _validate(self, xml: bytes) -> ValidationOutcome:
+    def _decoded_json(self, decoded: dict[str, Any] | str | None) -> bytes | None:
+        """The decoded part's content; a document that could not be decoded just goes without it."""
+        if isinstance(decoded, str):
+            log.warning("xoev.intake.decode_failed", source=self.name, error_type=decoded.split(":", 1)[0])
+            return None
+        if decoded is None:
+            return None
+        try:
+            return json.dumps(decoded, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        except ValueError:  # e.g. a NaN decoded from an xs:double
+            log.warning("xoev.intake.decode_failed", source=self.name, error_type="ValueError")
+            return None
+
+    async def _validate(self, xml: bytes) -> tuple[ValidationOutcome, dict[str, Any] | str | None]:
+        """The validation outcome and, with ``store_decoded``, the decoded data (one worker round trip)."""
         from gateway.xoev.validator import ValidationUnavailable
 
+        decoded: dict[str, Any] | str | None = None
         try:
-            outcome = await self.validator.validate_xml(xml)
+            if self.options.store_decoded:
+                outcome, decoded = await self.validator.validate_and_decode(xml)
+            else:
+                outcome = await self.validator.validate_xml(xml)
         except XmlRejected as exc:
             if exc.code == "too-large":
                 raise too_large(self.validator.config.max_bytes, "XML message") from None
@@ -310,7 +338,7 @@ class XoevHttpSource:
         except ValidationUnavailable:
             raise _validation_unavailable() from None
         if outcome.valid:
-            return outcome
+            return outcome, decoded
         if outcome.bundle is None:
             raise Refusal(
                 422,
@@ -346,22 +374,6 @@ class XoevHttpSource:
         except XmlRejected:  # parsed fine in the worker already; refuse to guess
             return {"status": "invalid", "signer": None, "code": "malformed"}
         return {"status": verdict.status, "signer": verdict.signer, "code": verdict.code}
-
-    async def _decoded(self, xml: bytes) -> BlobRef | None:
-        from gateway.xoev.decode import DecodeError
-        from gateway.xoev.validator import ValidationUnavailable
-
-        try:
-            data = await self.validator.decode_to_dict(xml)
-        except (DecodeError, XmlRejected) as exc:
-            log.warning("xoev.intake.decode_failed", source=self.name, error_type=type(exc).__name__)
-            return None
-        except ValidationUnavailable:
-            raise _validation_unavailable() from None
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return await self.ctx.blobs.write_bytes(
-            text.encode("utf-8"), name=DECODED_PART, media_type="application/json", filename="decoded.json"
-        )
 
     # -- GET status ---------------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ from gateway.xoev.understanding import identify
 
 log = structlog.get_logger(__name__)
 
+INLINE_PARSE_BYTES = 256 * 1024  # identification parses documents up to this size on the event loop
+
 
 class ValidationUnavailable(GatewayError):
     """No worker could process the document (a worker died, or the validator is not running)."""
@@ -85,6 +87,15 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: XoevConfig
                 )
             elif op == "decode":
                 result = decode_to_dict(registry, payload, limits=config.limits)
+            elif op == "validate+decode":  # one round trip for the HTTP intake (it needs both)
+                outcome = validate_xml(payload, registry=registry, limits=config.limits, max_issues=config.max_issues)
+                decoded: dict[str, Any] | str | None = None
+                if outcome.valid:
+                    try:
+                        decoded = decode_to_dict(registry, payload, limits=config.limits)
+                    except (DecodeError, XmlRejected) as exc:
+                        decoded = f"{type(exc).__name__}: {exc}"
+                result = (outcome, decoded)
             else:
                 return
             conn.send(("ok", result))
@@ -231,10 +242,22 @@ class XoevValidator:
     async def validate_xml(self, xml_bytes: bytes) -> ValidationOutcome:
         """Validate in a worker; when valid, identify the message via the plugin hook."""
         outcome: ValidationOutcome = await self._run("validate", xml_bytes)
+        return await self._identified(outcome, xml_bytes)
+
+    async def validate_and_decode(self, xml_bytes: bytes) -> tuple[ValidationOutcome, dict[str, Any] | str | None]:
+        """:meth:`validate_xml` and, for a valid document, :meth:`decode_to_dict` in one worker round
+        trip. The second value is the decoded data, ``None`` for an invalid document, or the error
+        (``"DecodeError: ..."``) when a valid document could not be decoded."""
+        outcome, decoded = await self._run("validate+decode", xml_bytes)
+        return await self._identified(outcome, xml_bytes), decoded
+
+    async def _identified(self, outcome: ValidationOutcome, xml_bytes: bytes) -> ValidationOutcome:
         if self.hook is None or not outcome.valid:
             return outcome
-        loop = asyncio.get_running_loop()
-        tree = await loop.run_in_executor(self._io, parse_xml, xml_bytes, self.config.limits)
+        if len(xml_bytes) <= INLINE_PARSE_BYTES:  # a thread hop costs more than parsing a small document
+            tree = parse_xml(xml_bytes, self.config.limits)
+        else:
+            tree = await asyncio.get_running_loop().run_in_executor(self._io, parse_xml, xml_bytes, self.config.limits)
         identity = await self._identify(tree.getroot())
         return replace(outcome, identity=identity)
 

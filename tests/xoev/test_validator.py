@@ -80,6 +80,19 @@ async def test_decode_in_a_worker(validator: XoevValidator, xoev_shared: Path) -
         await validator.decode_to_dict(b"<unbekannt/>")
 
 
+async def test_validate_and_decode_in_one_round_trip(validator: XoevValidator, xoev_shared: Path) -> None:
+    data = (xoev_shared / SAMPLE).read_bytes()
+    outcome, decoded = await validator.validate_and_decode(data)
+    assert outcome.valid
+    assert outcome.identity is not None  # identified in the parent, as validate_xml does
+    assert decoded == await validator.decode_to_dict(data)
+    invalid, nothing = await validator.validate_and_decode(data.replace(b"2025-02-20T16:41:19.880Z", b"heute"))
+    assert not invalid.valid
+    assert nothing is None  # an invalid document is not decoded
+    with pytest.raises(XmlRejected):
+        await validator.validate_and_decode(b'<!DOCTYPE r [<!ENTITY a "b">]><r>&a;</r>')
+
+
 async def test_a_dead_worker_is_replaced(validator: XoevValidator, xoev_shared: Path) -> None:
     victim = validator.worker_pids[0]
     os.kill(victim, signal.SIGKILL)  # a process this test session started
