@@ -40,8 +40,9 @@ READ_DROP_BYTES = 8 << 20  # iter_chunks: drop what was read from the page cache
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a created or renamed file) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
     finally:
@@ -309,7 +310,7 @@ class BlobWriter:
                 self._tmp.unlink()  # same content already stored durably
             else:
                 os.replace(self._tmp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         return BlobRef(
             name=name,
             blob_id=digest,

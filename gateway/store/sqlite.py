@@ -43,6 +43,7 @@ from gateway.store.base import (
     transition_changes,
     verify_chain,
 )
+from gateway.store.blobs import fsync_dir
 
 T = TypeVar("T")
 
@@ -260,7 +261,7 @@ class SQLiteStore:
         old, self._wal_fd, self._wal_ino = self._wal_fd, fd, os.fstat(fd).st_ino
         if old is not None:
             os.close(old)
-        _fsync_dir(wal.parent)  # the WAL file's directory entry must survive a power loss too
+        fsync_dir(wal.parent)  # the WAL file's directory entry must survive a power loss too
 
     def _sync_wal(self) -> None:
         """fdatasync the WAL (worker thread). Reopened first if it is not the file SQLite uses now."""
@@ -874,11 +875,3 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

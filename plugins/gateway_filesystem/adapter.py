@@ -31,7 +31,7 @@ import structlog
 
 from gateway.adapters.base import Adapter, AdapterContext, BlobReader, Delivery, DeliveryResult
 from gateway.model import BlobRef, Envelope
-from gateway.store.blobs import BlobStore
+from gateway.store.blobs import BlobStore, fsync_dir
 from gateway_filesystem.filenames import NameAllocator, data_filename, extension_for, sanitize_filename
 from gateway_filesystem.layout import LayoutError
 from gateway_filesystem.manifest import MANIFEST_NAME, FileEntry, is_complete, render_manifest
@@ -69,14 +69,6 @@ def _os_reason(what: str, exc: OSError) -> str:
 
 def _is_temp_of(name: str, message_id: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name[len(TEMP_PREFIX) :].rpartition("~")[0] == message_id
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _PipelinedCopy:
@@ -326,7 +318,7 @@ class FilesystemAdapter:
             except FileExistsError:
                 continue
             if self.options.fsync:
-                _fsync_dir(parent.parent)
+                fsync_dir(parent.parent)
         with os.scandir(parent) as entries:
             stale = [Path(e.path) for e in entries if _is_temp_of(e.name, message_id)]
         for path in stale:  # left by a crashed attempt; the lease guarantees no live writer
@@ -397,7 +389,7 @@ class FilesystemAdapter:
         finally:
             self._close_file(fh)
         if self.options.fsync:
-            _fsync_dir(temp)
+            fsync_dir(temp)
         if os.path.lexists(final):
             return False
         try:
@@ -408,7 +400,7 @@ class FilesystemAdapter:
                 return False
             raise
         if self.options.fsync:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         return True
 
 
