@@ -105,6 +105,8 @@ class DeliveryWorker:
         self.unreserve(adapter)
         if stored.lease_owner != self.owner or stored.envelope.state is not MessageState.ROUTED:
             return  # not leased to us after all (e.g. stored before): the claim loop handles it
+        if self._stopping:
+            return  # shutting down: stop() releases our leases (or the lease expires); a claim delivers it
         # A fresh context: the caller's log context (e.g. an HTTP request's) must not leak in.
         task = asyncio.create_task(self._deliver(self.adapters[adapter].adapter, stored), context=contextvars.Context())
         self._in_flight[adapter].add(task)
