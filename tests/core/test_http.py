@@ -170,6 +170,8 @@ async def test_metrics_after_traffic(gw: Gateway) -> None:
     )
     await gw.until(ok.envelope.id, MessageState.ACKNOWLEDGED)
     await gw.until(dead.envelope.id, MessageState.DEAD)
+    # A reader may see a commit before its writer returns (that waits for the WAL fsync, then counts).
+    await eventually(lambda: gw.runtime.worker.in_flight == 0)
     resp = await gw.client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")

@@ -15,6 +15,7 @@ Used by ``test_crash.py`` / ``crash.py`` (kill -9 nemesis) and by the benchmarks
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -88,6 +89,7 @@ def secret(name: str) -> str:
 def zsd_key_file() -> Path:
     """The sandbox's own RSA-4096 signing key, generated once per process (gateway.testing caches it)."""
     directory = Path(tempfile.mkdtemp(prefix="gw-rel-zsd-"))
+    atexit.register(shutil.rmtree, directory, True)  # one per process: removed when it exits
     path = directory / "zsd-signing.key.pem"
     write_private_key(generate_private_key(), path)
     return path
