@@ -166,6 +166,11 @@ class Step:
     if_settled: bool = False
 
 
+def acknowledged_step(actor: str) -> Step:
+    """DELIVERED → ACKNOWLEDGED once upstream confirmed (``complete_ack``)."""
+    return Step(MessageState.ACKNOWLEDGED, "acknowledged upstream", actor)
+
+
 def step_applies(row: Any, step: Step) -> bool:
     return not step.if_settled or row["ack"] in (AckState.NONE.value, AckState.DONE.value)
 

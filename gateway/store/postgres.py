@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 
-from gateway.model import AckState, Envelope, MessageState, check_transition
+from gateway.model import AckState, Envelope, MessageState
 from gateway.pipeline.problems import Problem
 from gateway.store.base import (
     GENESIS_HASH,
@@ -44,6 +44,7 @@ from gateway.store.base import (
     MessageNotFound,
     Step,
     StoredMessage,
+    acknowledged_step,
     attempt_record,
     audit_hash,
     step_applies,
@@ -749,26 +750,14 @@ class PostgresStore:
                 details={"ack": "done"},
                 at=now,
             )
-            new_state = state
-            if state is MessageState.DELIVERED:
-                check_transition(message_id, state, MessageState.ACKNOWLEDGED)
-                new_state = MessageState.ACKNOWLEDGED
-                tx.audit(
-                    message_id=message_id,
-                    event="transition",
-                    from_state=state.value,
-                    to_state=new_state.value,
-                    reason="acknowledged upstream",
-                    actor=actor,
-                    details=None,
-                    at=now,
-                )
             updated = await tx.one(
-                "UPDATE messages SET ack = 'done', ack_lease_owner = NULL, ack_lease_until = NULL, state = %s,"
+                "UPDATE messages SET ack = 'done', ack_lease_owner = NULL, ack_lease_until = NULL,"
                 " updated_at = %s WHERE id = %s RETURNING *",
-                (new_state.value, now, message_id),
+                (now, message_id),
             )
             assert updated is not None
+            if state is MessageState.DELIVERED:
+                updated = await self._apply_steps(tx, message_id, updated, [acknowledged_step(actor)], now)
             return row_to_message(updated)
 
         return await self._write(fn)

@@ -26,7 +26,6 @@ from gateway.model import (
     MessageState,
     RoutingKeys,
     SourceRef,
-    check_transition,
 )
 from gateway.pipeline.problems import Problem
 from gateway.store.base import (
@@ -37,6 +36,7 @@ from gateway.store.base import (
     MessageNotFound,
     Step,
     StoredMessage,
+    acknowledged_step,
     attempt_record,
     audit_hash,
     step_applies,
@@ -794,19 +794,7 @@ class SQLiteStore:
                     at=now,
                 )
                 if state is MessageState.DELIVERED:
-                    check_transition(message_id, state, MessageState.ACKNOWLEDGED)
-                    conn.execute("UPDATE messages SET state = 'acknowledged' WHERE id = ?", (message_id,))
-                    self._append_audit(
-                        conn,
-                        message_id=message_id,
-                        event="transition",
-                        from_state=state.value,
-                        to_state=MessageState.ACKNOWLEDGED.value,
-                        reason="acknowledged upstream",
-                        actor=actor,
-                        details=None,
-                        at=now,
-                    )
+                    self._apply_steps(conn, message_id, self._load(conn, message_id), [acknowledged_step(actor)], now)
             else:
                 conn.execute(
                     "UPDATE messages SET ack_next_at = ?, ack_lease_owner = NULL, ack_lease_until = NULL,"
