@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
 
 from gateway.fitconnect.keys import load_private_jwk  # noqa: E402
-from gateway.testing import running_sandbox  # noqa: E402
+from gateway_sandbox.testing import running_sandbox  # noqa: E402
 from tests.reliability import harness as h  # noqa: E402
 
 PYSPY = shutil.which("py-spy") or (

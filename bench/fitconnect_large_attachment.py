@@ -36,11 +36,11 @@ import psutil  # noqa: E402
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 
 from gateway.config import load_config  # noqa: E402
-from gateway.fitconnect.sandbox.config import Limits  # noqa: E402
-from gateway.fitconnect.sender import OutgoingAttachment, Sender  # noqa: E402
 from gateway.model import MessageState  # noqa: E402
 from gateway.runtime import build_runtime  # noqa: E402
-from gateway.testing import GEWERBE_SERVICE, generate_sandbox_keys, running_sandbox  # noqa: E402
+from gateway_sandbox.online_service.sender import OutgoingAttachment, Sender  # noqa: E402
+from gateway_sandbox.testing import GEWERBE_SERVICE, generate_sandbox_keys, running_sandbox  # noqa: E402
+from gateway_sandbox.zustelldienst.config import Limits  # noqa: E402
 
 MB = 1000 * 1000
 CHUNK = 1 << 20

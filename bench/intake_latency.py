@@ -274,8 +274,8 @@ def main() -> int:
     args = parser.parse_args()
     import importlib.util
 
-    if importlib.util.find_spec("gateway.xoev.intake") is None:
-        print("gateway.xoev.intake (the xoev-http source) is not installed", file=sys.stderr)
+    if importlib.util.find_spec("gateway.sources.xoev_http.source") is None:
+        print("gateway.sources.xoev_http.source (the xoev-http source) is not installed", file=sys.stderr)
         return 2
     print(f"machine: {machine()}; offered load {args.rate:.0f} req/s open loop, {args.seconds:.0f} s each")
     with tempfile.TemporaryDirectory(prefix="gw-bench-latency-") as tmp:

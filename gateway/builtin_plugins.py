@@ -15,9 +15,7 @@ from gateway.hookspecs import hookimpl
 # subsystem never breaks the core CLI.
 _COMMAND_MODULES = (
     "gateway.fitconnect.keys_cli",
-    "gateway.fitconnect.sandbox.cli",
     "gateway.xoev.cli",
-    "gateway.demo",
 )
 
 

@@ -347,7 +347,29 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db)
 
     (host or PluginHost.load(entry_points_enabled=False)).add_commands(sub)
+    for name, what in SANDBOX_COMMANDS.items():
+        if name not in sub.choices:  # the sandbox distribution is not installed (e.g. a production image)
+            q = sub.add_parser(name, help=f"{what} (needs {SANDBOX_DISTRIBUTION}, not installed)")
+            q.set_defaults(func=_sandbox_missing)
     return parser
+
+
+# Commands of the development companion (sandbox/, distribution ozg-gateway-sandbox). Production
+# images do not ship it; the core then offers the names only to say how to get them.
+SANDBOX_DISTRIBUTION = "ozg-gateway-sandbox"
+SANDBOX_COMMANDS = {
+    "sandbox": "run a local FIT-Connect Zustelldienst",
+    "demo": "show the gateway's round trip on this machine",
+}
+
+
+def _sandbox_missing(args: argparse.Namespace) -> int:
+    print(
+        f"error: `gateway {args.command}` comes with {SANDBOX_DISTRIBUTION}, which is not installed here; "
+        "from a checkout of the gateway: pip install -e ./sandbox",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from gateway.adapters.base import AdapterType
     from gateway.model import Envelope
-    from gateway.pipeline.problems import Problem
+    from gateway.problems import Problem
     from gateway.sources.base import SourceType
     from gateway.xoev.identity import MessageIdentity
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from gateway.adapters.base import AdapterType
     from gateway.model import Envelope
-    from gateway.pipeline.problems import Problem
+    from gateway.problems import Problem
     from gateway.sources.base import SourceType
     from gateway.xoev.identity import MessageIdentity
 
@@ -39,9 +39,9 @@ ENTRY_POINT_GROUP = "gateway"
 # Modules registered on every start, through the same hooks as third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.builtin_plugins",
-    "gateway.fitconnect.subscriber.plugin",
+    "gateway.sources.fitconnect.plugin",
     "gateway.xoev.standards",
-    "gateway.xoev.intake",
+    "gateway.sources.xoev_http.source",
 )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.config import ROUTE_MATCH_KEYS, GatewayConfig, Route, RouteMatch
 from gateway.model import RoutingKeys
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 
 PROBLEM_BASE = "https://ozg-gateway.example/problems/"
 NO_ROUTE = PROBLEM_BASE + "no-route"

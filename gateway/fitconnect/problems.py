@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 
 PROBLEM_PREFIX = "https://schema.fitko.de/fit-connect/events/problems/"
 

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from gateway.http.problem import problem_response
 from gateway.model import AckState, MessageState
-from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
+from gateway.problems import Problem
 from gateway.runtime import Runtime
 from gateway.store.base import StoredMessage
 

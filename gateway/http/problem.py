@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 
 PROBLEM_BASE = "https://ozg-gateway.example/problems/"
 

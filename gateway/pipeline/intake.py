@@ -29,8 +29,8 @@ from gateway.model import (
     SourceRef,
     new_message_id,
 )
-from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
+from gateway.problems import Problem
 from gateway.routing import Router, signature_refusal
 from gateway.store.base import Step, Store, StoredMessage
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gateway.metrics import Metrics
     from gateway.model import Envelope
     from gateway.pipeline.intake import Intake
-    from gateway.pipeline.problems import Problem
+    from gateway.problems import Problem
     from gateway.store.blobs import BlobStore
     from gateway.xoev.validator import XoevValidator
 

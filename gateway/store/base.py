@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.model import AckState, Envelope, MessageState, check_transition
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 
 GENESIS_HASH = "0" * 64
 

@@ -35,7 +35,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 
 from gateway.model import AckState, Envelope, MessageState
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.store.base import (
     GENESIS_HASH,
     AuditRecord,

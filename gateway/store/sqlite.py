@@ -27,7 +27,7 @@ from gateway.model import (
     RoutingKeys,
     SourceRef,
 )
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.store.base import (
     GENESIS_HASH,
     AuditRecord,

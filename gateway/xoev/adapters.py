@@ -21,7 +21,7 @@ from typing import Any
 from gateway.adapters.base import Delivery
 from gateway.model import BlobRef
 
-DECODED_PART = "xoev:decoded"  # == gateway.xoev.intake.DECODED_PART (kept import-light for adapters)
+DECODED_PART = "xoev:decoded"  # == gateway.sources.xoev_http.source.DECODED_PART (kept import-light for adapters)
 MAX_DECODED_BYTES = 256 * 1024 * 1024  # a decoded part larger than this was not written by the gateway
 
 

@@ -24,8 +24,8 @@ from gateway.hookspecs import hookimpl
 from gateway.metrics import Metrics
 from gateway.model import MessageState, RoutingKeys, SourceRef
 from gateway.pipeline.intake import IncomingMessage, Intake, IntakeResult
-from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
+from gateway.problems import Problem
 from gateway.routing import Router
 from gateway.sources.base import AckOutcome, AckResult, SourceContext, SourceType
 from gateway.store.base import StoredMessage

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from core.support import BASE_CONFIG, FakeSource, harness, incoming, make_worker, metric_value
 from gateway.model import AckState, MessageState, RoutingKeys
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.routing import NO_ROUTE
 from gateway.sources.base import AckOutcome, AckResult
 

@@ -100,3 +100,26 @@ def test_console_script(tmp_path: Path) -> None:
         "1. all: MATCH → adapter fv",
         "=> route 'all' → adapter 'fv' (rule 'all' matches)",
     ]
+
+
+@pytest.mark.parametrize("command", ["demo", "sandbox"])
+def test_sandbox_commands_say_how_to_install_the_companion_when_absent(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import build_parser
+    from gateway.plugins import PluginHost
+
+    args = build_parser(PluginHost.load(entry_points_enabled=False)).parse_args([command])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "ozg-gateway-sandbox" in err
+    assert "pip install -e ./sandbox" in err
+
+
+def test_sandbox_commands_come_from_the_installed_companion() -> None:
+    from gateway.cli import _sandbox_missing, build_parser
+    from gateway.plugins import PluginHost
+
+    parser = build_parser(PluginHost.load())
+    for command in ("demo", "sandbox"):
+        assert parser.parse_args([command]).func is not _sandbox_missing

@@ -13,7 +13,7 @@ from core.support import BASE_CONFIG, harness, incoming, metric_value
 from gateway.hookspecs import hookimpl
 from gateway.model import AckState, Envelope, MessageState, RoutingKeys
 from gateway.pipeline.intake import IntakeClosed
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.routing import NO_ROUTE
 
 BAD_IBAN = Problem("https://example.org/problems/iban", "IBAN invalid", "checksum mismatch", "metadata/iban")

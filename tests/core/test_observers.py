@@ -10,7 +10,7 @@ from core.support import FakeSource, harness, incoming
 from gateway.adapters.base import DeliveryResult
 from gateway.hookspecs import hookimpl
 from gateway.model import Envelope, MessageState
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.sources.base import AckResult
 
 

@@ -15,7 +15,7 @@ import gateway.store.sqlite as sqlite_module
 from core.storehelp import envelope, message_in
 from core.support import FakeClock
 from gateway.model import AckState, MessageState
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.store.base import LeaseLost
 from gateway.store.sqlite import MIGRATIONS, SQLiteStore
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from gateway.fitconnect.jose import b64url_encode, encrypt_jwe, sign_jws
 from gateway.fitconnect.keys import PrivateJWK, load_private_jwk, load_public_jwk
 from gateway.fitconnect.sets import ACCEPT_SUBMISSION, SET_SCHEMA_URI, build_set
-from gateway.testing import (
+from gateway_sandbox.testing import (
     GEWERBE_SCHEMA,
     GEWERBE_SERVICE,
     TEST_DESTINATION_ID,

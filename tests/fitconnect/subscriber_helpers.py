@@ -2,7 +2,7 @@
 
 The gateway is built with :func:`gateway.runtime.build_runtime` from a ``gateway.toml`` written into
 the test's tmp dir (SQLite store, filesystem adapter) and served with :func:`gateway.http.app.create_app`
-on a loopback port (callbacks need it). Senders are :class:`gateway.fitconnect.sender.Sender`.
+on a loopback port (callbacks need it). Senders are :class:`gateway_sandbox.online_service.sender.Sender`.
 
 RSA-4096 keys are generated once per test process (module-level caches), not per test.
 """
@@ -30,7 +30,13 @@ from aiohttp import web
 from gateway.config import load_config
 from gateway.fitconnect.jose import auth_tag, encrypt_jwe
 from gateway.fitconnect.keys import KeySetPaths, PrivateJWK, generate_key_set, load_public_jwk
-from gateway.fitconnect.sender import (
+from gateway.fitconnect.sets import EVENT_PREFIX
+from gateway.http.app import create_app
+from gateway.model import MessageState
+from gateway.runtime import Runtime, build_runtime
+from gateway.sources.fitconnect import options as options_module
+from gateway.store.base import StoredMessage
+from gateway_sandbox.online_service.sender import (
     Breakage,
     OutgoingAttachment,
     Sender,
@@ -38,13 +44,7 @@ from gateway.fitconnect.sender import (
     SentSubmission,
     prepare_submission,
 )
-from gateway.fitconnect.sets import EVENT_PREFIX
-from gateway.fitconnect.subscriber import options as options_module
-from gateway.http.app import create_app
-from gateway.model import MessageState
-from gateway.runtime import Runtime, build_runtime
-from gateway.store.base import StoredMessage
-from gateway.testing import (
+from gateway_sandbox.testing import (
     BAU_SCHEMA,
     BAU_SERVICE,
     GEWERBE_SCHEMA,

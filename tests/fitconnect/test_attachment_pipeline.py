@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.fitconnect.subscriber import attachments as attachments_module
-from gateway.fitconnect.subscriber.attachments import ReceivedAttachment, receive_attachment
-from gateway.fitconnect.subscriber.checks import CheckFailed
-from gateway.fitconnect.subscriber.client import ApiError, SubmissionApi, TokenProvider
-from gateway.fitconnect.subscriber.profile import PROFILES
+from gateway.sources.fitconnect import attachments as attachments_module
+from gateway.sources.fitconnect.attachments import ReceivedAttachment, receive_attachment
+from gateway.sources.fitconnect.checks import CheckFailed
+from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProvider
+from gateway.sources.fitconnect.profile import PROFILES
 from gateway.store import blobs as blobs_module
 from gateway.store.blobs import BlobStore
 

@@ -7,12 +7,10 @@ import base64
 import aiohttp
 
 from gateway.fitconnect.jose import parse_jws
-from gateway.fitconnect.sandbox.scopes import URI_SEND, URI_SUBSCRIBE
-from gateway.testing import BAU_SERVICE, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox
+from gateway_sandbox.testing import BAU_SERVICE, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox
+from gateway_sandbox.zustelldienst.scopes import URI_SEND, URI_SUBSCRIBE
 
 from .sandbox_helpers import Api, api_fixture, create_body  # noqa: F401  (api_fixture provides the api fixture)
-
-pytest_plugins = ["gateway.testing"]
 
 DEST = f"/v1/destinations/{TEST_DESTINATION_ID}"
 
@@ -118,7 +116,7 @@ async def test_401_without_unknown_and_expired_tokens(fitconnect_sandbox: Runnin
 
 
 async def test_token_lifetime_is_configurable(fitconnect_sandbox_keys) -> None:  # type: ignore[no-untyped-def]
-    from gateway.testing import running_sandbox
+    from gateway_sandbox.testing import running_sandbox
 
     async with running_sandbox(keys=fitconnect_sandbox_keys, token_lifetime=5) as sb:
         status, _, body = await _token_request(

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 from gateway.fitconnect.callbacks import CALLBACK_NEW_EVENTS, CALLBACK_NEW_SUBMISSIONS, verify_callback
-from gateway.fitconnect.sandbox.clock import SandboxClock
-from gateway.fitconnect.sandbox.config import CallbackPolicy
-from gateway.fitconnect.sandbox.dispatcher import CallbackDispatcher
-from gateway.fitconnect.sandbox.state import SandboxState, SubmissionRecord
 from gateway.fitconnect.sets import REJECT_SUBMISSION
-from gateway.testing import TEST_DESTINATION_ID, RunningSandbox
+from gateway_sandbox.testing import TEST_DESTINATION_ID, RunningSandbox
+from gateway_sandbox.zustelldienst.clock import SandboxClock
+from gateway_sandbox.zustelldienst.config import CallbackPolicy
+from gateway_sandbox.zustelldienst.dispatcher import CallbackDispatcher
+from gateway_sandbox.zustelldienst.state import SandboxState, SubmissionRecord
 
 from .sandbox_helpers import (  # noqa: F401  (api_fixture, receiver_fixture provide fixtures)
     JOSE,
@@ -26,8 +26,6 @@ from .sandbox_helpers import (  # noqa: F401  (api_fixture, receiver_fixture pro
     send,
     subscriber_set,
 )
-
-pytest_plugins = ["gateway.testing"]
 
 # The documentation's receiving/notification example (digest §2.6), recomputed there.
 VECTOR_SECRET = "insecure_unsafe_qHScgrg_kP-R31jHUwp3GkVkGJolvBchz65b74Lzue0"

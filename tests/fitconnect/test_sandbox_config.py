@@ -16,13 +16,11 @@ import aiohttp
 import pytest
 
 from gateway.errors import ConfigErrors
-from gateway.fitconnect.sandbox.cli import DEFAULT_PORT, is_loopback, register, run_sandbox
-from gateway.fitconnect.sandbox.config import load_config
-from gateway.testing import SandboxKeys, running_sandbox
+from gateway_sandbox.testing import SandboxKeys, running_sandbox
+from gateway_sandbox.zustelldienst.cli import DEFAULT_PORT, is_loopback, register, run_sandbox
+from gateway_sandbox.zustelldienst.config import load_config
 
 from .sandbox_helpers import Api
-
-pytest_plugins = ["gateway.testing"]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "certs" / "example" / "sandbox.toml"

@@ -34,14 +34,13 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from gateway.fitconnect.sandbox.config import Limits
 from gateway.fitconnect.sets import REJECT_SUBMISSION
-from gateway.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.zustelldienst.config import Limits
 
 from .sandbox_helpers import JOSE, Api, Resp, accept_set, create_body, jwe, sandbox_api, subscriber_set
 from .test_sandbox_destinations import _public_jwk
 
-pytest_plugins = ["gateway.testing"]
 pytestmark = pytest.mark.shared
 
 SET_PATTERN_ERRATUM = r"\w+\.\w+\.\w+"

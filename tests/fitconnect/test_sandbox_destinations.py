@@ -9,11 +9,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from gateway.fitconnect.keys import jwk_from_public_key, self_signed_certificate, x5c_entry
-from gateway.testing import GEWERBE_SCHEMA, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox
+from gateway_sandbox.testing import GEWERBE_SCHEMA, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox
 
 from .sandbox_helpers import Api, api_fixture, create_body  # noqa: F401  (api_fixture provides the api fixture)
-
-pytest_plugins = ["gateway.testing"]
 
 DEST = f"/v1/destinations/{TEST_DESTINATION_ID}"
 MANAGE = f"manage:destination:{TEST_DESTINATION_ID}"

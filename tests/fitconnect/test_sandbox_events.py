@@ -18,7 +18,7 @@ from gateway.fitconnect.sets import (
     parse_set,
     verify_set,
 )
-from gateway.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
 
 from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixture)
     JOSE,
@@ -33,8 +33,6 @@ from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixt
     signing_key,
     subscriber_set,
 )
-
-pytest_plugins = ["gateway.testing"]
 
 
 async def _post(api: Api, case_id: str, token: str, auth: str = "subscriber") -> Any:

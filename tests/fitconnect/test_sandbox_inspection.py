@@ -9,9 +9,9 @@ import pytest
 
 from gateway.fitconnect.jose import DecryptionError, JoseError, decrypt_jwe, parse_jws, verify_jws
 from gateway.fitconnect.keys import load_private_jwk, load_public_jwk
-from gateway.fitconnect.sender import Breakage, OutgoingAttachment, Sender
 from gateway.fitconnect.sets import SUBMIT_SUBMISSION
-from gateway.testing import GEWERBE_SCHEMA, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.online_service.sender import Breakage, OutgoingAttachment, Sender
+from gateway_sandbox.testing import GEWERBE_SCHEMA, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
 
 from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixture)
     Api,
@@ -22,8 +22,6 @@ from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixt
     sandbox_api,
     send,
 )
-
-pytest_plugins = ["gateway.testing"]
 
 
 def _submit_events(sb: RunningSandbox, sent: Sent) -> list[Any]:

@@ -11,8 +11,8 @@ import pytest
 
 from gateway.fitconnect.jose import b64url_encode, decrypt_jwe
 from gateway.fitconnect.keys import load_private_jwk
-from gateway.fitconnect.sandbox.config import Limits
-from gateway.testing import BAU_SERVICE, TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.testing import BAU_SERVICE, TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.zustelldienst.config import Limits
 
 from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixture)
     JOSE,
@@ -25,8 +25,6 @@ from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixt
     sandbox_api,
     send,
 )
-
-pytest_plugins = ["gateway.testing"]
 
 SECRET = "insecure_unsafe_qHScgrg_kP-R31jHUwp3GkVkGJolvBchz65b74Lzue0"
 

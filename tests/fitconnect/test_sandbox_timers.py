@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from gateway.fitconnect.keys import load_public_jwk
-from gateway.fitconnect.sandbox.config import Periods
-from gateway.fitconnect.sandbox.events import AUTO_REJECT_PROBLEM
 from gateway.fitconnect.sets import DELETE_SUBMISSION, REJECT_SUBMISSION, parse_set, verify_set
-from gateway.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys, default_config
+from gateway_sandbox.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys, default_config
+from gateway_sandbox.zustelldienst.config import Periods
+from gateway_sandbox.zustelldienst.events import AUTO_REJECT_PROBLEM
 
 from .sandbox_helpers import (  # noqa: F401  (api_fixture, receiver_fixture provide fixtures)
     JOSE,
@@ -26,8 +26,6 @@ from .sandbox_helpers import (  # noqa: F401  (api_fixture, receiver_fixture pro
     send,
 )
 from .test_sandbox_callbacks import DEST_SECRET, SENDER_SECRET
-
-pytest_plugins = ["gateway.testing"]
 
 DAY = 86400
 
@@ -166,7 +164,7 @@ async def test_config_changes_win_but_runtime_changes_survive(
     changed = dataclasses.replace(
         base, destinations=(dataclasses.replace(base.destinations[0], metadata_versions=("1.0.0",)),)
     )
-    from gateway.testing import running_sandbox
+    from gateway_sandbox.testing import running_sandbox
 
     async with running_sandbox(changed) as sb:
         dest = sb.sandbox.destination(TEST_DESTINATION_ID)

@@ -8,7 +8,7 @@ import aiohttp
 
 from gateway.fitconnect.jose import b64url_encode, encrypt_jwe
 from gateway.fitconnect.sets import SUBMIT_SUBMISSION, parse_set
-from gateway.testing import GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
+from gateway_sandbox.testing import GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
 
 from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixture)
     JOSE,
@@ -20,8 +20,6 @@ from .sandbox_helpers import (  # noqa: F401  (api_fixture provides the api fixt
     jwe,
     sandbox_api,
 )
-
-pytest_plugins = ["gateway.testing"]
 
 SERVICE = {"name": "Gewerbeanmeldung", "identifier": GEWERBE_SERVICE}
 

@@ -23,18 +23,18 @@ from aiohttp.test_utils import TestServer
 from gateway.fitconnect import sets
 from gateway.fitconnect.jose import DecryptionError, JWEStreamDecryptor, decrypt_jwe, parse_jwe
 from gateway.fitconnect.keys import load_public_jwk
-from gateway.fitconnect.sandbox.app import create_sandbox_app
-from gateway.fitconnect.sandbox.config import (
+from gateway.fitconnect.sets import SETError, build_set, parse_set, verify_set
+from gateway_sandbox.online_service.cli import add_send_parser
+from gateway_sandbox.online_service.sender import Breakage, OutgoingAttachment, Sender, SenderError, SenderQuirks
+from gateway_sandbox.zustelldienst.app import create_sandbox_app
+from gateway_sandbox.zustelldienst.config import (
     ClientConfig,
     DestinationConfig,
     SandboxConfig,
     ServiceConfig,
     SubmissionSchema,
 )
-from gateway.fitconnect.sandbox.zsd_key import ZsdSigningKey, load_or_create
-from gateway.fitconnect.sender import Breakage, OutgoingAttachment, Sender, SenderError, SenderQuirks
-from gateway.fitconnect.sender_cli import add_send_parser
-from gateway.fitconnect.sets import SETError, build_set, parse_set, verify_set
+from gateway_sandbox.zustelldienst.zsd_key import ZsdSigningKey, load_or_create
 
 from .conftest import TEST_DESTINATION_ID, KeySet
 

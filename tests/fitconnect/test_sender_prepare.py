@@ -19,7 +19,7 @@ from gateway.fitconnect.jose import (
     parse_jwe,
 )
 from gateway.fitconnect.metadata import metadata_schema_uri
-from gateway.fitconnect.sender import (
+from gateway_sandbox.online_service.sender import (
     SANDBOX_TAMPER_MODES,
     Breakage,
     OutgoingAttachment,

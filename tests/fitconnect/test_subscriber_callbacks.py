@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.fitconnect.callbacks import CALLBACK_NEW_EVENTS, sign_callback
-from gateway.fitconnect.subscriber.callback import MAX_CALLBACK_BODY, callback_handler
 from gateway.metrics import Metrics
+from gateway.sources.fitconnect.callback import MAX_CALLBACK_BODY, callback_handler
 
 from .subscriber_helpers import ACCEPT, Gateway, e2e, eventually
 

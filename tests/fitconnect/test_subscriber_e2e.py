@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from gateway.fitconnect.keys import load_private_jwk
-from gateway.fitconnect.subscriber.client import ApiError
 from gateway.model import AckState, MessageState
 from gateway.runtime import Runtime
 from gateway.sources.base import AckOutcome
+from gateway.sources.fitconnect.client import ApiError
 
 from .subscriber_helpers import (
     ACCEPT,

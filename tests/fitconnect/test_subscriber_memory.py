@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.testing import running_sandbox
+from gateway_sandbox.testing import running_sandbox
 
 from .subscriber_helpers import ACCEPT, Gateway, OutgoingAttachment, run_memory_child, sandbox_keys, write_random_file
 

@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gateway.config import load_config
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.fitconnect.keys import PrivateJWK
-from gateway.fitconnect.subscriber import options as options_module
-from gateway.fitconnect.subscriber.options import parse_options
-from gateway.fitconnect.subscriber.source import FitConnectSource
 from gateway.metrics import Metrics
 from gateway.runtime import build_runtime
 from gateway.secrets import secret_resolver
 from gateway.sources.base import SourceContext
+from gateway.sources.fitconnect import options as options_module
+from gateway.sources.fitconnect.options import parse_options
+from gateway.sources.fitconnect.source import FitConnectSource
 from gateway.store.blobs import BlobStore
 
 from .pki import certificate, name

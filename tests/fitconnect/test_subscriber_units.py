@@ -17,20 +17,20 @@ from aiohttp.test_utils import TestServer
 from gateway.fitconnect.jose import encrypt_jwe
 from gateway.fitconnect.keys import PrivateJWK, load_private_jwk
 from gateway.fitconnect.problems import CATALOGUE, PROBLEM_PREFIX, InstanceKind, kind
-from gateway.fitconnect.subscriber.acks import upstream_problems
-from gateway.fitconnect.subscriber.attachments import receive_attachment
-from gateway.fitconnect.subscriber.checks import (
+from gateway.problems import Problem
+from gateway.sources.fitconnect.acks import upstream_problems
+from gateway.sources.fitconnect.attachments import receive_attachment
+from gateway.sources.fitconnect.checks import (
     CheckFailed,
     consistency_problems,
     metadata_schema,
     strict_json,
 )
-from gateway.fitconnect.subscriber.client import ApiError, SubmissionApi, TokenProvider
-from gateway.fitconnect.subscriber.profile import PROFILES
-from gateway.fitconnect.subscriber.schemas import SchemaIndex
-from gateway.pipeline.problems import Problem
+from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProvider
+from gateway.sources.fitconnect.profile import PROFILES
+from gateway.sources.fitconnect.schemas import SchemaIndex
 from gateway.store.blobs import BlobStore
-from gateway.testing import running_sandbox
+from gateway_sandbox.testing import running_sandbox
 
 from .subscriber_helpers import REPO, sandbox_keys
 

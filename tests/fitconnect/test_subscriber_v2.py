@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.model import MessageState
-from gateway.testing import running_sandbox
+from gateway_sandbox.testing import running_sandbox
 
 from .subscriber_helpers import ACCEPT, GEWERBE_SERVICE, Gateway, free_port, sandbox_keys
 

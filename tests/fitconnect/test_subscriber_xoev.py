@@ -8,8 +8,8 @@ from pathlib import Path
 from lxml import etree
 
 from gateway.fitconnect.problems import PROBLEM_PREFIX
-from gateway.fitconnect.sandbox.config import ServiceConfig, SubmissionSchema
 from gateway.model import MessageState
+from gateway_sandbox.zustelldienst.config import ServiceConfig, SubmissionSchema
 
 from .subscriber_helpers import ACCEPT, REJECT, Gateway, e2e
 

@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.fitconnect.sender import SentSubmission
 from gateway.model import MessageState
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import RunningSandbox, running_sandbox
+from gateway_sandbox.online_service.sender import SentSubmission
+from gateway_sandbox.testing import RunningSandbox, running_sandbox
 
 from . import harness as h  # pytest: "reliability.crash"; python -m: "tests.reliability.crash"
 

@@ -1,6 +1,6 @@
 """Jepsen-style harness for the FIT-Connect path: sandbox Zustelldienst, gateway processes, checker.
 
-* The **sandbox** runs in this process (:func:`gateway.testing.running_sandbox`) with the example
+* The **sandbox** runs in this process (:func:`gateway_sandbox.testing.running_sandbox`) with the example
   configuration ``certs/example/sandbox.toml`` (the example destination, its TEST keys and clients),
   in memory.
 * Each **gateway** is a real subprocess, ``python -m gateway run -c <config>``, with a configuration
@@ -38,13 +38,13 @@ from typing import Any
 
 import aiohttp
 
-from gateway.fitconnect.sandbox.config import CallbackPolicy, SandboxConfig
-from gateway.fitconnect.sandbox.config import load_config as load_sandbox_config
-from gateway.fitconnect.sandbox.zsd_key import generate_private_key, write_private_key
-from gateway.fitconnect.sender import OutgoingAttachment, Sender, SentSubmission
 from gateway.model import MessageState
 from gateway.store.base import Store, StoredMessage
-from gateway.testing import RunningSandbox
+from gateway_sandbox.online_service.sender import OutgoingAttachment, Sender, SentSubmission
+from gateway_sandbox.testing import RunningSandbox
+from gateway_sandbox.zustelldienst.config import CallbackPolicy, SandboxConfig
+from gateway_sandbox.zustelldienst.config import load_config as load_sandbox_config
+from gateway_sandbox.zustelldienst.zsd_key import generate_private_key, write_private_key
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "certs" / "example"
@@ -87,7 +87,7 @@ def secret(name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def zsd_key_file() -> Path:
-    """The sandbox's own RSA-4096 signing key, generated once per process (gateway.testing caches it)."""
+    """The sandbox's own RSA-4096 signing key, generated once per process (gateway_sandbox.testing caches it)."""
     directory = Path(tempfile.mkdtemp(prefix="gw-rel-zsd-"))
     atexit.register(shutil.rmtree, directory, True)  # one per process: removed when it exits
     path = directory / "zsd-signing.key.pem"

@@ -27,7 +27,7 @@ import pytest
 from gateway.delivery import acks as acks_module
 from gateway.model import Envelope, MessageState, RoutingKeys, SourceRef, new_message_id
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import running_sandbox
+from gateway_sandbox.testing import running_sandbox
 
 from . import harness as h
 from .faults import (

@@ -37,9 +37,8 @@ from gateway.fitconnect.jose import (
     parse_jwe,
 )
 from gateway.fitconnect.keys import PrivateJWK, load_private_jwk
-from gateway.fitconnect.sender import OutgoingAttachment, prepare_submission
 from gateway.fitconnect.sets import ACCEPT_SUBMISSION, SETError, build_set, parse_set, verify_set
-from gateway.fitconnect.subscriber.checks import (
+from gateway.sources.fitconnect.checks import (
     CheckFailed,
     check_data,
     consistency_problems,
@@ -50,8 +49,9 @@ from gateway.fitconnect.subscriber.checks import (
     parse_metadata,
     validate_metadata,
 )
-from gateway.fitconnect.subscriber.schemas import SchemaIndex, load_schema_index
+from gateway.sources.fitconnect.schemas import SchemaIndex, load_schema_index
 from gateway.xoev.parsing import ParseLimits, XmlRejected, parse_xml
+from gateway_sandbox.online_service.sender import OutgoingAttachment, prepare_submission
 
 from .harness import BAU_SCHEMA, BAU_SERVICE, DEMO_SCHEMAS, EXAMPLE, GEWERBE_SCHEMA, GEWERBE_SERVICE
 

@@ -48,8 +48,8 @@ from gateway.delivery.retry import backoff_ceiling
 from gateway.metrics import Metrics
 from gateway.model import AckState, MessageState, RoutingKeys, SourceRef
 from gateway.pipeline.intake import IncomingMessage, Intake
-from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
+from gateway.problems import Problem
 from gateway.routing import Router
 from gateway.sources.base import AckOutcome
 from gateway.store.base import LeaseLost, StoredMessage

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from gateway.model import TRANSITIONS, AckState, InvalidTransition, MessageState
-from gateway.pipeline.problems import Problem
+from gateway.problems import Problem
 from gateway.store.base import LeaseLost, MessageNotFound, Step
 from gateway.store.migrations.postgresql import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS

@@ -15,8 +15,8 @@ from gateway.delivery.acks import AckWorker
 from gateway.delivery.worker import AdapterSlot, DeliveryWorker
 from gateway.metrics import Metrics
 from gateway.model import Envelope
-from gateway.pipeline.problems import Problem
 from gateway.plugins import PluginHost
+from gateway.problems import Problem
 from gateway.sources.base import AckOutcome, AckResult
 from gateway.store.blobs import BlobStore
 

@@ -136,7 +136,9 @@ adapter = "a"
 def test_source_type_is_a_builtin_plugin() -> None:
     host = PluginHost.load(entry_points_enabled=False)
     assert "xoev-http" in host.source_types
-    assert any("xoev-http" in info.source_types for info in host.infos if info.name == "gateway.xoev.intake")
+    assert any(
+        "xoev-http" in info.source_types for info in host.infos if info.name == "gateway.sources.xoev_http.source"
+    )
 
 
 # -- [http] TLS -----------------------------------------------------------------------------------------

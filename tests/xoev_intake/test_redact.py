@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.xoev.intake_redact import MARK, redact_reason, redacted_issues
+from gateway.sources.xoev_http.redact import MARK, redact_reason, redacted_issues
 from gateway.xoev.parsing import parse_xml
 from gateway.xoev.validation import ValidationIssue
 
