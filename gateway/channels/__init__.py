@@ -1,0 +1,1 @@
+"""Reply channels: how an answer from a Fachverfahren reaches the applicant (the way back)."""
