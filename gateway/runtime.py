@@ -40,7 +40,16 @@ log = structlog.get_logger(__name__)
 def open_store(config: GatewayConfig) -> Store:
     if config.store.backend == "sqlite":
         return SQLiteStore(config.path(config.store.path))
-    from gateway.store.postgres import PostgresStore  # psycopg is only imported when it is used
+    try:
+        from gateway.store.postgres import PostgresStore  # psycopg is only imported when it is used
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("psycopg"):
+            raise
+        raise ConfigError(
+            "backend 'postgresql' needs psycopg, which is not installed: pip install 'ozg-gateway[postgresql]'",
+            key="store.backend",
+            file=str(config.file),
+        ) from None
 
     if config.store.dsn is None:  # parse_config already refuses this; keep the message if built by hand
         raise ConfigError("is required for backend 'postgresql'", key="store.dsn", file=str(config.file))
