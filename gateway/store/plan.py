@@ -170,7 +170,7 @@ CLAIMABLE_ANSWER_STATES = frozenset({*SEND_STATES, AnswerState.SENT})
 # sent before it: HANDED_OVER (no channel chosen yet: it may end up on this one) or QUEUED/FAILED on
 # the same channel. SENT, the final states and DEAD do not block.
 DUE_ANSWERS = (
-    "SELECT id, message_id, state, attempts, polls, channel FROM answers a WHERE channel = ? AND state IN ({states})"
+    "SELECT id, message_id, state, attempts, polls, channel FROM answers a WHERE channel = ? AND {states}"
     " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
     " AND (state = 'sent' OR NOT EXISTS (SELECT 1 FROM answers b WHERE b.message_id = a.message_id"
     " AND b.sequence < a.sequence AND (b.state = 'handed_over' OR (b.state IN ('queued', 'failed')"
