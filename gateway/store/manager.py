@@ -53,7 +53,7 @@ from gateway.store.records import (
     StoredAnswer,
     StoredMessage,
     StoreUnhealthy,
-    audit_hash,
+    record_hash,
     verify_chain,
 )
 from gateway.store.rows import answer_columns, envelope_columns, row_to_answer, row_to_audit, row_to_message
@@ -160,30 +160,26 @@ class Work:
         assert head is not None, "audit_head row is missing (schema damaged)"
         seq, prev_hash = int(head["seq"]), str(head["hash"])
         text = self.dialect.text
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for entry, at in self._audits:
             seq += 1
-            event, reason, actor, details = (
-                text(entry.event),
-                text(entry.reason),
-                text(entry.actor),
-                dict(entry.details),
-            )
-            digest = audit_hash(
-                prev_hash,
+            rec = AuditRecord(
                 seq=seq,
                 message_id=entry.record_id,
                 at=at,
-                event=event,
+                event=text(entry.event),
                 from_state=entry.from_state,
                 to_state=entry.to_state,
-                reason=reason,
-                actor=actor,
-                details=details,
+                reason=text(entry.reason),
+                actor=text(entry.actor),
+                details=dict(entry.details),
+                prev_hash=prev_hash,
+                hash="",
             )
-            states = (entry.from_state, entry.to_state)
-            rows.append((seq, entry.record_id, at, event, *states, reason, actor, dumps(details), prev_hash, digest))
-            prev_hash = digest
+            prev_hash = record_hash(prev_hash, rec)
+            states = (rec.from_state, rec.to_state)
+            rows.append((seq, rec.message_id, at, rec.event, *states, rec.reason, rec.actor, dumps(rec.details)))
+            rows[-1] += (rec.prev_hash, prev_hash)
         await self.tx.many(
             "INSERT INTO audit (seq, message_id, at, event, from_state, to_state, reason, actor, details,"
             " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -99,6 +99,22 @@ def audit_hash(
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
+def record_hash(prev_hash: str, rec: AuditRecord) -> str:
+    """The hash a record must carry after ``prev_hash`` (its own ``hash`` is not read)."""
+    return audit_hash(
+        prev_hash,
+        seq=rec.seq,
+        message_id=rec.message_id,
+        at=rec.at,
+        event=rec.event,
+        from_state=rec.from_state,
+        to_state=rec.to_state,
+        reason=rec.reason,
+        actor=rec.actor,
+        details=rec.details,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AuditVerification:
     ok: bool
@@ -115,18 +131,7 @@ def verify_chain(records: Sequence[AuditRecord], start_hash: str = GENESIS_HASH)
             return AuditVerification(False, count, rec.seq, f"record(s) missing before seq {rec.seq}")
         if rec.prev_hash != prev:
             return AuditVerification(False, count, rec.seq, "prev_hash does not link to the previous record")
-        computed = audit_hash(
-            prev,
-            seq=rec.seq,
-            message_id=rec.message_id,
-            at=rec.at,
-            event=rec.event,
-            from_state=rec.from_state,
-            to_state=rec.to_state,
-            reason=rec.reason,
-            actor=rec.actor,
-            details=rec.details,
-        )
+        computed = record_hash(prev, rec)
         if computed != rec.hash:
             return AuditVerification(False, count, rec.seq, "record content does not match its hash")
         prev = rec.hash

@@ -48,8 +48,17 @@ def _blobs(row: Any) -> tuple[BlobRef | None, tuple[BlobRef, ...]]:
     return (BlobRef(**data) if data else None), tuple(BlobRef(**a) for a in json.loads(row["attachments"]))
 
 
-def _problems(row: Any) -> tuple[Problem, ...]:
-    return tuple(Problem.from_dict(p) for p in json.loads(row["problems"]))
+def _bookkeeping(row: Any) -> dict[str, Any]:
+    """What the store keeps beside a message or an answer, in the same columns for both."""
+    return {
+        "problems": tuple(Problem.from_dict(p) for p in json.loads(row["problems"])),
+        "next_attempt_at": row["next_attempt_at"],
+        "lease_owner": row["lease_owner"],
+        "lease_until": row["lease_until"],
+        "last_error": row["last_error"],
+        "queued_at": row["queued_at"],
+        "updated_at": row["updated_at"],
+    }
 
 
 def envelope_columns(envelope: Envelope) -> dict[str, Any]:
@@ -97,17 +106,7 @@ def row_to_message(row: Any) -> StoredMessage:
         attempts=row["attempts"],
         reply=ReplyContext.from_dict(json.loads(reply)) if reply else None,
     )
-    return StoredMessage(
-        envelope=envelope,
-        problems=_problems(row),
-        next_attempt_at=row["next_attempt_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        last_error=row["last_error"],
-        queued_at=row["queued_at"],
-        ack_attempts=row["ack_attempts"],
-        updated_at=row["updated_at"],
-    )
+    return StoredMessage(envelope=envelope, ack_attempts=row["ack_attempts"], **_bookkeeping(row))
 
 
 def answer_columns(answer: Answer, *, sequence: int, now: float) -> dict[str, Any]:
@@ -150,16 +149,10 @@ def row_to_answer(row: Any) -> StoredAnswer:
     )
     return StoredAnswer(
         answer=answer,
-        problems=_problems(row),
-        next_attempt_at=row["next_attempt_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        last_error=row["last_error"],
-        queued_at=row["queued_at"],
         sent_at=row["sent_at"],
         confirmed_at=row["confirmed_at"],
         polls=row["polls"],
-        updated_at=row["updated_at"],
+        **_bookkeeping(row),
     )
 
 
