@@ -204,6 +204,10 @@ class SQLiteStore(Store):
         await self._durable()
         return result
 
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A raw statement on the store's own connection, on the loop (pragmas; fault tests)."""
+        return await self._retry_busy(lambda: fn(self._require()))
+
     async def _read(self, fn: TxFn[T]) -> T:
         """A read, on the loop."""
         return await self._retry_busy(lambda: run_inline(fn(_Tx(self._require()))))
