@@ -25,6 +25,7 @@ from gateway.model import (
     Envelope,
     InvalidTransition,
     MessageState,
+    ReplyContext,
     RoutingKeys,
     SourceRef,
     new_message_id,
@@ -49,6 +50,7 @@ class IncomingMessage:
     problems: Sequence[Problem] = ()  # what the channel's own checks found (e.g. FIT-Connect receipt checks)
     needs_ack: bool = False  # upstream must be told accept/reject
     received_at: datetime | None = None
+    reply: ReplyContext | None = None  # how the applicant can be answered (kept with the message)
 
 
 class HandOver(Protocol):
@@ -106,6 +108,7 @@ class Intake:
             data=incoming.data,
             attachments=tuple(incoming.attachments),
             ack=AckState.WAITING if incoming.needs_ack else AckState.NONE,
+            reply=incoming.reply,
         )
         # Checks and routing only read the envelope, so they are decided before the insert and the
         # message is stored RECEIVED → VALIDATED → ROUTED (or → REJECTED) in ONE transaction: one
@@ -147,20 +150,8 @@ class Intake:
         if env.state not in (MessageState.RECEIVED, MessageState.VALIDATED):
             return stored
         plan = await self._plan(env, stored.problems)
-        first, *rest = plan
         try:
-            stored = await self.store.transition(
-                env.id,
-                first.target,
-                reason=first.reason,
-                actor=first.actor,
-                details=first.details,
-                route=first.route,
-                adapter=first.adapter,
-                problems=first.problems,
-                ack=first.ack,
-                then=rest,
-            )
+            stored = await self.store.apply(env.id, *plan)
         except InvalidTransition:
             # Someone else (another instance, the resume job) advanced it first: that's fine.
             current = await self.store.get(env.id)

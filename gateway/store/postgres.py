@@ -1,67 +1,48 @@
-"""PostgreSQL store backend: the SQLite backend's semantics, for several gateway instances on one database.
+"""PostgreSQL store backend: the store's semantics for several gateway instances on one database.
+
+Only the dialect primitives live here (the semantics are :class:`gateway.store.manager.Store`'s):
 
 * Every public method is one transaction (``READ COMMITTED``) on a connection from a small pool;
   it returns after COMMIT, and the store makes sure its sessions run with a durable
   ``synchronous_commit`` (it switches ``off`` back to ``on``).
-* ``(channel, idempotency_key)`` is unique: ``INSERT ... ON CONFLICT DO NOTHING``, then the existing
-  row is read in the same transaction.
-* Claims use ``SELECT ... FOR UPDATE SKIP LOCKED``: instances never wait for each other's candidate
-  rows and never claim the same row twice; a lease (owner, until) marks the claim for later checks.
-* Each transaction collects its audit records and appends them at the very end under the
-  ``audit_head`` row lock, so the global hash chain is serialised across instances and seq/prev_hash
-  never fork. Locks are always taken in the order message rows → ``audit_head``, so these
-  transactions cannot deadlock with each other; a deadlock or serialisation failure from anything
-  else is retried (the transaction was rolled back, nothing was committed).
+* Rows a transaction changes are locked (``SELECT ... FOR UPDATE``); claims use ``SELECT ... FOR
+  UPDATE SKIP LOCKED``: instances never wait for each other's candidate rows and never claim the
+  same row twice; a lease (owner, until) marks the claim for later checks.
+* Each transaction appends its audit records at the very end under the ``audit_head`` row lock, so
+  the global hash chain is serialised across instances and seq/prev_hash never fork. Locks are
+  always taken in the order record rows → ``audit_head``, so these transactions cannot deadlock
+  with each other; a deadlock or serialisation failure from anything else is retried (the
+  transaction was rolled back, nothing was committed).
+* Text cannot hold NUL: free text gets U+FFFD instead, identities with NUL are refused.
+* The database must be UTF8 (``SQL_ASCII`` would hand back bytes); ``open`` refuses anything else.
 * The schema lives in :mod:`gateway.store.migrations.postgresql` (versioned, applied on open).
-
-Row mapping and JSON encoding are shared with the SQLite backend, so both store byte-identical JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, LiteralString, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from psycopg import errors, sql
+from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 
-from gateway.model import AckState, Envelope, MessageState
-from gateway.problems import Problem
-from gateway.store.base import (
-    GENESIS_HASH,
-    AuditRecord,
-    AuditVerification,
-    LeaseLost,
-    MessageNotFound,
-    Step,
-    StoredMessage,
-    acknowledged_step,
-    attempt_record,
-    audit_hash,
-    step_applies,
-    transition_changes,
-    verify_chain,
-)
+from gateway.errors import GatewayError
+from gateway.store.manager import Dialect, Store, Tx, TxFn
 from gateway.store.migrations.postgresql import migrate
-from gateway.store.sqlite import envelope_columns, row_to_message
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[DictRow]
-Query = LiteralString | sql.SQL | sql.Composed
 
 _TX_RETRIES = 5
-_VERIFY_BATCH = 5000
 CLOCK_SKEW_WARNING = 2.0  # seconds between this host and the database server
 
 
@@ -78,20 +59,73 @@ class UnstorableText(ValueError):
         self.field_name = field_name
 
 
-# Envelope columns that identify or route a message: refused (not altered) when they hold NUL,
-# since changing them could make two different upstream keys collide.
-_IDENTITY_COLUMNS = ("id", "channel", "source_type", "reference", "idempotency_key", "case_ref", "route", "adapter")
+class DatabaseNotUTF8(GatewayError):
+    """The database's encoding is not UTF8: text would come back as bytes (``SQL_ASCII``) or fail."""
+
+    def __init__(self, encoding: str, database: str) -> None:
+        super().__init__(
+            f"the PostgreSQL database {database!r} has encoding {encoding}, the gateway needs UTF8:"
+            f" create it with 'createdb -E UTF8 -T template0 --locale=C.UTF-8 {database}'"
+            " (or CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0) and point store.dsn at it"
+        )
+        self.encoding = encoding
+        self.database = database
 
 
-def _clean(text: str) -> str:
-    """Free text (reasons, actors, errors) with NUL replaced by U+FFFD: PostgreSQL text cannot hold
-    NUL, and an adapter's error text must never make recording its outcome fail. The audit hash
-    covers the cleaned text, so the chain verifies."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+class _PgDialect(Dialect):
+    lock = " FOR UPDATE"
+    claim_lock = " FOR UPDATE SKIP LOCKED"
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
+    def text(self, value: str) -> str:
+        """Free text (reasons, actors, errors) with NUL replaced by U+FFFD: PostgreSQL text cannot
+        hold NUL, and an adapter's error text must never make recording its outcome fail."""
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+    def check_identity(self, columns: Mapping[str, Any], names: Sequence[str]) -> None:
+        # Refused, not altered: changing them could make two different upstream keys collide.
+        for name in names:
+            value = columns.get(name)
+            if isinstance(value, str) and "\x00" in value:
+                raise UnstorableText(name)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_QUERIES: dict[str, bytes] = {}
+
+
+def _pg(query: str) -> bytes:
+    """The query with psycopg's placeholders (``?`` → ``%s``), cached: queries are a fixed set."""
+    sent = _QUERIES.get(query)
+    if sent is None:
+        sent = _QUERIES[query] = query.replace("%", "%%").replace("?", "%s").encode()
+    return sent
+
+
+class _Tx:
+    """Statements on one pooled connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def one(self, query: str, params: Sequence[Any] = ()) -> DictRow | None:
+        cur = await self.conn.execute(_pg(query), params)
+        return await cur.fetchone()
+
+    async def all(self, query: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        cur = await self.conn.execute(_pg(query), params)
+        return await cur.fetchall()
+
+    async def rowcount(self, query: str, params: Sequence[Any] = ()) -> int:
+        cur = await self.conn.execute(_pg(query), params)
+        return cur.rowcount
+
+    async def many(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self.conn.cursor() as cur:
+            await cur.executemany(_pg(query), rows)
 
 
 def check_dsn(dsn: str) -> None:
@@ -160,128 +194,10 @@ class _Pool:
                 await conn.close()
 
 
-@dataclass(slots=True)
-class _PendingAudit:
-    message_id: str
-    event: str
-    from_state: str | None
-    to_state: str | None
-    reason: str
-    actor: str
-    details: dict[str, Any]
-    at: float
-
-
-@dataclass(slots=True)
-class _Tx:
-    """One transaction: queries plus the audit records to append when it is about to commit."""
-
-    conn: Conn
-    audits: list[_PendingAudit] = field(default_factory=list)
-
-    async def one(self, query: Query, params: Sequence[Any] = ()) -> DictRow | None:
-        cur = await self.conn.execute(query, params)
-        return await cur.fetchone()
-
-    async def all(self, query: Query, params: Sequence[Any] = ()) -> list[DictRow]:
-        cur = await self.conn.execute(query, params)
-        return await cur.fetchall()
-
-    async def rowcount(self, query: Query, params: Sequence[Any] = ()) -> int:
-        cur = await self.conn.execute(query, params)
-        return cur.rowcount
-
-    async def load(self, message_id: str) -> DictRow:
-        """The message row, locked until COMMIT (always the first lock a transaction takes)."""
-        row = await self.one("SELECT * FROM messages WHERE id = %s FOR UPDATE", (message_id,))
-        if row is None:
-            raise MessageNotFound(message_id)
-        return row
-
-    def audit(
-        self,
-        *,
-        message_id: str,
-        event: str,
-        from_state: str | None,
-        to_state: str | None,
-        reason: str,
-        actor: str,
-        details: Mapping[str, Any] | None,
-        at: float,
-    ) -> None:
-        self.audits.append(
-            _PendingAudit(
-                message_id, _clean(event), from_state, to_state, _clean(reason), _clean(actor), dict(details or {}), at
-            )
-        )
-
-    async def flush_audit(self) -> None:
-        """Append the collected records to the global chain. Runs last: the head lock is held until COMMIT."""
-        if not self.audits:
-            return
-        head = await self.one("SELECT seq, hash FROM audit_head FOR UPDATE")
-        assert head is not None, "audit_head row is missing (schema damaged)"
-        seq, prev_hash = int(head["seq"]), str(head["hash"])
-        rows = []
-        for rec in self.audits:
-            seq += 1
-            digest = audit_hash(
-                prev_hash,
-                seq=seq,
-                message_id=rec.message_id,
-                at=rec.at,
-                event=rec.event,
-                from_state=rec.from_state,
-                to_state=rec.to_state,
-                reason=rec.reason,
-                actor=rec.actor,
-                details=rec.details,
-            )
-            rows.append(
-                (
-                    seq,
-                    rec.message_id,
-                    rec.at,
-                    rec.event,
-                    rec.from_state,
-                    rec.to_state,
-                    rec.reason,
-                    rec.actor,
-                    _dumps(rec.details),
-                    prev_hash,
-                    digest,
-                )
-            )
-            prev_hash = digest
-        async with self.conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO audit (seq, message_id, at, event, from_state, to_state, reason, actor, details,"
-                " prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
-            )
-        await self.conn.execute("UPDATE audit_head SET seq = %s, hash = %s", (seq, prev_hash))
-        self.audits.clear()
-
-
-def _audit_from_row(row: Mapping[str, Any]) -> AuditRecord:
-    return AuditRecord(
-        seq=int(row["seq"]),
-        message_id=row["message_id"],
-        at=row["at"],
-        event=row["event"],
-        from_state=row["from_state"],
-        to_state=row["to_state"],
-        reason=row["reason"],
-        actor=row["actor"],
-        details=json.loads(row["details"]),
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
-
-
-class PostgresStore:
+class PostgresStore(Store):
     """The :class:`gateway.store.base.Store` on PostgreSQL (psycopg 3, async)."""
+
+    dialect = _PgDialect()
 
     def __init__(self, dsn: str, *, clock: Callable[[], float] = time.time, pool_size: int = 4) -> None:
         check_dsn(dsn)
@@ -311,7 +227,7 @@ class PostgresStore:
             raise StoreNotOpen()
         return self._pool
 
-    async def _write(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
+    async def _write(self, fn: TxFn[T]) -> T:
         pool = self._require_pool()
         for attempt in range(1, _TX_RETRIES + 1):
             began = False
@@ -319,9 +235,7 @@ class PostgresStore:
                 try:
                     async with conn.transaction():
                         began = True
-                        tx = _Tx(conn)
-                        result = await fn(tx)
-                        await tx.flush_audit()
+                        result = await fn(_Tx(conn))
                     return result
                 except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
                     # Raised before COMMIT: the transaction was rolled back, so running it again is safe.
@@ -338,7 +252,7 @@ class PostgresStore:
                     log.warning("store_reconnect", attempt=attempt)
         raise AssertionError("unreachable")
 
-    async def _read(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
+    async def _read(self, fn: TxFn[T]) -> T:
         """A read-only statement (autocommit); retried on a fresh connection if a pooled one had gone stale."""
         pool = self._require_pool()
         for attempt in range(1, _TX_RETRIES + 1):
@@ -357,6 +271,7 @@ class PostgresStore:
         pool = _Pool(self._dsn, self._pool_size, self._configure)
         try:
             async with pool.connection() as conn:
+                await _require_utf8(conn)
                 await migrate(conn)
                 cur = await conn.execute(
                     "SELECT current_setting('fsync') AS fsync, extract(epoch FROM clock_timestamp())::float8 AS now"
@@ -381,402 +296,34 @@ class PostgresStore:
         async with pool.connection() as conn:
             return await migrate(conn)
 
-    async def schema_version(self) -> int:
-        row = await self._read(lambda tx: tx.one("SELECT max(version) AS v FROM schema_migrations"))
-        return int(row["v"]) if row is not None and row["v"] is not None else 0
-
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
 
-    async def ping(self) -> None:
-        await self._read(lambda tx: tx.one("SELECT 1"))
+    async def _snapshot(self, fn: TxFn[T]) -> T:
+        async def read(tx: Tx) -> T:
+            assert isinstance(tx, _Tx)
+            async with tx.conn.transaction():
+                await tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return await fn(tx)
 
-    # audit -------------------------------------------------------------------------------------
+        return await self._read(read)
 
-    async def audit_trail(self, message_id: str) -> list[AuditRecord]:
-        rows = await self._read(
-            lambda tx: tx.all("SELECT * FROM audit WHERE message_id = %s ORDER BY seq", (message_id,))
-        )
-        return [_audit_from_row(r) for r in rows]
+    async def _read_fresh(self, fn: TxFn[T]) -> T:
+        return await self._read(fn)  # the server reads its storage: no client-side cache to bypass
 
-    async def verify_audit(self) -> AuditVerification:
-        """Check the whole chain in batches, inside one snapshot (so concurrent appends do not matter),
-        and that ``audit_head`` points at the last record (a cut-off tail would otherwise verify)."""
-        return await self._read(self._verify)
 
-    @staticmethod
-    async def _verify(tx: _Tx) -> AuditVerification:
-        async with tx.conn.transaction():
-            await tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            checked = 0
-            prev_hash, last_seq = GENESIS_HASH, 0
-            while True:
-                rows = await tx.all(
-                    "SELECT * FROM audit WHERE seq > %s ORDER BY seq LIMIT %s", (last_seq, _VERIFY_BATCH)
-                )
-                if not rows:
-                    break
-                records = [_audit_from_row(r) for r in rows]
-                if records[0].seq != last_seq + 1:
-                    if last_seq == 0:
-                        return AuditVerification(False, checked, records[0].seq, "the chain does not start at seq 1")
-                    return AuditVerification(
-                        False, checked, records[0].seq, f"record(s) missing before seq {records[0].seq}"
-                    )
-                result = verify_chain(records, start_hash=prev_hash)
-                if not result.ok:
-                    return AuditVerification(False, checked + result.checked, result.broken_seq, result.reason)
-                checked += len(records)
-                prev_hash, last_seq = records[-1].hash, records[-1].seq
-            head = await tx.one("SELECT seq, hash FROM audit_head")
-            if head is None:
-                return AuditVerification(False, checked, None, "the audit head row is missing")
-            if int(head["seq"]) != last_seq or head["hash"] != prev_hash:
-                return AuditVerification(
-                    False,
-                    checked,
-                    min(int(head["seq"]), last_seq) + 1,  # the first seq beyond what both agree on
-                    f"the audit head (seq {head['seq']}) does not match the last record (seq {last_seq}):"
-                    " records were removed or added outside the store",
-                )
-            return AuditVerification(True, checked)
+async def _require_utf8(conn: Conn) -> None:
+    cur = await conn.execute(
+        "SELECT pg_encoding_to_char(encoding) AS encoding, datname FROM pg_database WHERE datname = current_database()"
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return
 
-    async def note(
-        self,
-        message_id: str,
-        *,
-        event: str,
-        reason: str,
-        actor: str,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        async def fn(tx: _Tx) -> None:
-            row = await tx.load(message_id)
-            tx.audit(
-                message_id=message_id,
-                event=event,
-                from_state=row["state"],
-                to_state=row["state"],
-                reason=reason,
-                actor=actor,
-                details=details,
-                at=self.clock(),
-            )
+    def text(value: object) -> str:  # a SQL_ASCII database hands back bytes, not str
+        return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
-        await self._write(fn)
-
-    # messages ----------------------------------------------------------------------------------
-
-    async def _apply_steps(self, tx: _Tx, message_id: str, row: DictRow, steps: Sequence[Step], now: float) -> DictRow:
-        """Apply steps to a loaded (locked) row inside the caller's transaction; returns the final row."""
-        for step in steps:
-            if not step_applies(row, step):
-                continue
-            if step.last_error is not None:
-                step = replace(step, last_error=_clean(step.last_error))
-            current, sets = transition_changes(message_id, row, step, now=now)
-            query = sql.SQL("UPDATE messages SET {} WHERE id = %s RETURNING *").format(
-                sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in sets)
-            )
-            updated = await tx.one(query, (*sets.values(), message_id))
-            assert updated is not None
-            tx.audit(
-                message_id=message_id,
-                event="transition",
-                from_state=current.value,
-                to_state=step.target.value,
-                reason=step.reason,
-                actor=step.actor,
-                details=step.details,
-                at=now,
-            )
-            if step.lease is not None:
-                tx.audit(message_id=message_id, at=now, **attempt_record(step, sets["attempts"]))
-            row = updated
-        return row
-
-    async def insert(
-        self,
-        envelope: Envelope,
-        *,
-        actor: str,
-        reason: str = "received",
-        problems: Sequence[Problem] = (),
-        then: Sequence[Step] = (),
-    ) -> tuple[StoredMessage, bool]:
-        async def fn(tx: _Tx) -> tuple[StoredMessage, bool]:
-            now = self.clock()
-            cols = envelope_columns(envelope.with_(state=MessageState.RECEIVED))
-            for name in _IDENTITY_COLUMNS:
-                if isinstance(cols[name], str) and "\x00" in cols[name]:
-                    raise UnstorableText(name)
-            cols["updated_at"] = now
-            cols["problems"] = _dumps([p.as_dict() for p in problems])
-            query = sql.SQL(
-                "INSERT INTO messages ({}) VALUES ({}) ON CONFLICT (channel, idempotency_key) DO NOTHING RETURNING *"
-            ).format(
-                sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-                sql.SQL(", ").join(sql.Placeholder() for _ in cols),
-            )
-            row = await tx.one(query, tuple(cols.values()))
-            if row is None:
-                # Someone stored this (channel, idempotency_key) first; READ COMMITTED lets this
-                # statement see it (ON CONFLICT waited for that transaction to commit).
-                existing = await tx.one(
-                    "SELECT * FROM messages WHERE channel = %s AND idempotency_key = %s",
-                    (envelope.source.channel, envelope.source.idempotency_key),
-                )
-                assert existing is not None, "conflicting row vanished (messages are never deleted)"
-                return row_to_message(existing), False
-            tx.audit(
-                message_id=envelope.id,
-                event="transition",
-                from_state=None,
-                to_state=MessageState.RECEIVED.value,
-                reason=reason,
-                actor=actor,
-                details={"channel": envelope.source.channel, "reference": envelope.source.reference},
-                at=now,
-            )
-            if then:
-                row = await self._apply_steps(tx, envelope.id, row, then, now)
-            return row_to_message(row), True
-
-        return await self._write(fn)
-
-    async def get(self, message_id: str) -> StoredMessage | None:
-        row = await self._read(lambda tx: tx.one("SELECT * FROM messages WHERE id = %s", (message_id,)))
-        return row_to_message(row) if row else None
-
-    async def find_by_source(self, channel: str, idempotency_key: str) -> StoredMessage | None:
-        row = await self._read(
-            lambda tx: tx.one(
-                "SELECT * FROM messages WHERE channel = %s AND idempotency_key = %s", (channel, idempotency_key)
-            )
-        )
-        return row_to_message(row) if row else None
-
-    async def transition(
-        self,
-        message_id: str,
-        target: MessageState,
-        *,
-        reason: str,
-        actor: str,
-        details: Mapping[str, Any] | None = None,
-        lease_owner: str | None = None,
-        route: str | None = None,
-        adapter: str | None = None,
-        next_attempt_at: float | None = None,
-        problems: Sequence[Problem] | None = None,
-        ack: AckState | None = None,
-        last_error: str | None = None,
-        reset_attempts: bool = False,
-        ack_lease: tuple[str, float] | None = None,
-        then: Sequence[Step] = (),
-    ) -> StoredMessage:
-        first = Step(
-            target,
-            reason,
-            actor,
-            details=details,
-            lease_owner=lease_owner,
-            route=route,
-            adapter=adapter,
-            next_attempt_at=next_attempt_at,
-            problems=problems,
-            ack=ack,
-            ack_lease=ack_lease,
-            last_error=last_error,
-            reset_attempts=reset_attempts,
-        )
-
-        async def fn(tx: _Tx) -> StoredMessage:
-            row = await tx.load(message_id)
-            return row_to_message(await self._apply_steps(tx, message_id, row, (first, *then), self.clock()))
-
-        return await self._write(fn)
-
-    async def claim_deliveries(
-        self, *, owner: str, adapter: str, limit: int, now: float, lease_seconds: float
-    ) -> list[StoredMessage]:
-        async def fn(tx: _Tx) -> list[StoredMessage]:
-            # SKIP LOCKED: rows another instance is claiming or transitioning right now are simply
-            # not candidates for this claim; FOR UPDATE keeps them ours until COMMIT.
-            rows = await tx.all(
-                "SELECT id, state, attempts FROM messages WHERE adapter = %s AND state IN ('routed', 'failed')"
-                " AND next_attempt_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
-                " ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (adapter, now, now, limit),
-            )
-            if not rows:
-                return []
-            ids = [r["id"] for r in rows]
-            updated = await tx.all(
-                "UPDATE messages SET lease_owner = %s, lease_until = %s, attempts = attempts + 1, updated_at = %s"
-                " WHERE id = ANY(%s) RETURNING *",
-                (owner, now + lease_seconds, now, ids),
-            )
-            by_id = {r["id"]: r for r in updated}
-            for row in rows:
-                attempt = row["attempts"] + 1
-                tx.audit(
-                    message_id=row["id"],
-                    event="attempt",
-                    from_state=row["state"],
-                    to_state=row["state"],
-                    reason=f"delivery attempt {attempt}",
-                    actor=owner,
-                    details={"adapter": adapter, "attempt": attempt},
-                    at=now,
-                )
-            return [row_to_message(by_id[i]) for i in ids]
-
-        return await self._write(fn)
-
-    async def renew_lease(self, message_id: str, *, owner: str, until: float) -> None:
-        async def fn(tx: _Tx) -> None:
-            count = await tx.rowcount(
-                "UPDATE messages SET lease_until = %s WHERE id = %s AND lease_owner = %s AND lease_until >= %s",
-                (until, message_id, owner, self.clock()),
-            )
-            if count != 1:
-                raise LeaseLost(message_id)
-
-        await self._write(fn)
-
-    async def release_leases(self, owner: str) -> int:
-        async def fn(tx: _Tx) -> int:
-            delivery = await tx.rowcount(
-                "UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = %s", (owner,)
-            )
-            acks = await tx.rowcount(
-                "UPDATE messages SET ack_lease_owner = NULL, ack_lease_until = NULL WHERE ack_lease_owner = %s",
-                (owner,),
-            )
-            return delivery + acks
-
-        return await self._write(fn)
-
-    async def set_ack_pending(self, message_id: str, *, reason: str, actor: str) -> StoredMessage:
-        async def fn(tx: _Tx) -> StoredMessage:
-            row = await tx.load(message_id)
-            if row["ack"] == AckState.DONE.value:
-                return row_to_message(row)
-            now = self.clock()
-            updated = await tx.one(
-                "UPDATE messages SET ack = 'pending', ack_next_at = %s, updated_at = %s WHERE id = %s RETURNING *",
-                (now, now, message_id),
-            )
-            assert updated is not None
-            tx.audit(
-                message_id=message_id,
-                event="ack",
-                from_state=row["state"],
-                to_state=row["state"],
-                reason=reason,
-                actor=actor,
-                details={"ack": "pending"},
-                at=now,
-            )
-            return row_to_message(updated)
-
-        return await self._write(fn)
-
-    async def claim_acks(self, *, owner: str, limit: int, now: float, lease_seconds: float) -> list[StoredMessage]:
-        async def fn(tx: _Tx) -> list[StoredMessage]:
-            rows = await tx.all(
-                "SELECT id FROM messages WHERE ack = 'pending' AND ack_next_at <= %s"
-                " AND (ack_lease_until IS NULL OR ack_lease_until < %s) ORDER BY ack_next_at, id LIMIT %s"
-                " FOR UPDATE SKIP LOCKED",
-                (now, now, limit),
-            )
-            if not rows:
-                return []
-            ids = [r["id"] for r in rows]
-            updated = await tx.all(
-                "UPDATE messages SET ack_lease_owner = %s, ack_lease_until = %s, ack_attempts = ack_attempts + 1"
-                " WHERE id = ANY(%s) RETURNING *",
-                (owner, now + lease_seconds, ids),
-            )
-            by_id = {r["id"]: r for r in updated}
-            return [row_to_message(by_id[i]) for i in ids]
-
-        return await self._write(fn)
-
-    async def complete_ack(
-        self,
-        message_id: str,
-        *,
-        owner: str,
-        done: bool,
-        reason: str,
-        next_attempt_at: float | None,
-        actor: str,
-    ) -> StoredMessage:
-        async def fn(tx: _Tx) -> StoredMessage:
-            row = await tx.load(message_id)
-            now = self.clock()
-            if row["ack_lease_owner"] != owner:
-                raise LeaseLost(message_id)
-            state = MessageState(row["state"])
-            if not done:
-                updated = await tx.one(
-                    "UPDATE messages SET ack_next_at = %s, ack_lease_owner = NULL, ack_lease_until = NULL,"
-                    " last_error = %s, updated_at = %s WHERE id = %s RETURNING *",
-                    (next_attempt_at if next_attempt_at is not None else now, _clean(reason), now, message_id),
-                )
-                tx.audit(
-                    message_id=message_id,
-                    event="ack-failed",
-                    from_state=state.value,
-                    to_state=state.value,
-                    reason=reason,
-                    actor=actor,
-                    details={"attempt": row["ack_attempts"]},
-                    at=now,
-                )
-                assert updated is not None
-                return row_to_message(updated)
-            tx.audit(
-                message_id=message_id,
-                event="ack",
-                from_state=state.value,
-                to_state=state.value,
-                reason=reason,
-                actor=actor,
-                details={"ack": "done"},
-                at=now,
-            )
-            updated = await tx.one(
-                "UPDATE messages SET ack = 'done', ack_lease_owner = NULL, ack_lease_until = NULL,"
-                " updated_at = %s WHERE id = %s RETURNING *",
-                (now, message_id),
-            )
-            assert updated is not None
-            if state is MessageState.DELIVERED:
-                updated = await self._apply_steps(tx, message_id, updated, [acknowledged_step(actor)], now)
-            return row_to_message(updated)
-
-        return await self._write(fn)
-
-    async def list_messages(
-        self, *, states: Sequence[MessageState] | None = None, limit: int = 100, offset: int = 0
-    ) -> list[StoredMessage]:
-        async def fn(tx: _Tx) -> list[DictRow]:
-            if states:
-                return await tx.all(
-                    "SELECT * FROM messages WHERE state = ANY(%s) ORDER BY received_at, id LIMIT %s OFFSET %s",
-                    ([s.value for s in states], limit, offset),
-                )
-            return await tx.all("SELECT * FROM messages ORDER BY received_at, id LIMIT %s OFFSET %s", (limit, offset))
-
-        return [row_to_message(r) for r in await self._read(fn)]
-
-    async def count_by_state(self) -> dict[str, int]:
-        rows = await self._read(lambda tx: tx.all("SELECT state, count(*) AS n FROM messages GROUP BY state"))
-        counts = {s.value: 0 for s in MessageState}
-        counts.update({r["state"]: int(r["n"]) for r in rows})
-        return counts
+    if text(row["encoding"]) != "UTF8":
+        raise DatabaseNotUTF8(text(row["encoding"]), text(row["datname"]))

@@ -220,6 +220,9 @@ async def test_audit_head_is_initialised_when_an_old_database_is_upgraded(tmp_pa
     conn = sqlite3.connect(db, isolation_level=None)  # back to schema version 1 (no audit head), data kept
     conn.execute("DROP TRIGGER audit_head_no_delete")
     conn.execute("DROP TABLE audit_head")
+    conn.execute("DROP TABLE answers")  # what migration 3 added
+    conn.execute("DROP TABLE health")
+    conn.execute("ALTER TABLE messages DROP COLUMN reply")
     conn.execute("DELETE FROM schema_migrations WHERE version > 1")
     conn.close()
     store = SQLiteStore(db)

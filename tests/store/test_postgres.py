@@ -15,8 +15,9 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.model import MessageState
 from gateway.runtime import open_store
+from gateway.store.base import SchemaTooNew, StoreUnhealthy
 from gateway.store.migrations.postgresql import MIGRATIONS, MigrationNotPermitted
-from gateway.store.postgres import PostgresStore, StoreNotOpen, UnstorableText
+from gateway.store.postgres import DatabaseNotUTF8, PostgresStore, StoreNotOpen, UnstorableText
 
 from .pg import SUPERUSER, PgCluster
 from .support import FakeClock, make_envelope, routed_message
@@ -48,9 +49,8 @@ async def test_concurrent_open_applies_each_migration_once(pg_cluster: PgCluster
     try:
         assert [await s.schema_version() for s in stores] == [len(MIGRATIONS)] * 4
         with psycopg.connect(pg_dsn) as conn:
-            assert conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version").fetchall() == [
-                (1, 1)
-            ]
+            counts = conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
+            assert counts.fetchall() == [(v, 1) for v in range(1, len(MIGRATIONS) + 1)]
         assert await stores[0].upgrade() == len(MIGRATIONS)  # nothing pending: a no-op
     finally:
         for s in stores:
@@ -232,6 +232,7 @@ async def test_restricted_runtime_role(pg_cluster: PgCluster) -> None:
         conn.execute(f"GRANT SELECT, INSERT ON audit TO {app}")
         conn.execute(f"GRANT SELECT, UPDATE ON audit_head TO {app}")
         conn.execute(f"GRANT SELECT ON schema_migrations TO {app}")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON answers, health TO {app}")
     await app_store.open()
     try:
         mid = await routed_message(app_store)
@@ -289,3 +290,58 @@ async def test_cancelled_call_rolls_back_and_frees_its_connection(pg_cluster: Pg
         assert (await store.verify_audit()).ok
     finally:
         await store.close()
+
+
+async def test_a_database_that_is_not_utf8_is_refused_with_the_fix(pg_cluster: PgCluster) -> None:
+    with pg_cluster.superuser_connect() as conn:
+        conn.execute(
+            "CREATE DATABASE gw_ascii OWNER gateway ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    store = PostgresStore(pg_cluster.dsn("gw_ascii"))
+    with pytest.raises(
+        DatabaseNotUTF8, match=r"encoding SQL_ASCII, the gateway needs UTF8: create it with 'createdb -E UTF8"
+    ):
+        await store.open()
+    with psycopg.connect(pg_cluster.dsn("gw_ascii")) as conn:  # refused before any migration ran
+        assert conn.execute("SELECT to_regclass('messages')").fetchone() == (None,)
+
+
+async def test_a_schema_newer_than_the_code_is_refused(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    await store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (len(MIGRATIONS) + 1,))
+    with pytest.raises(SchemaTooNew, match=rf"version {len(MIGRATIONS) + 1}, but this gateway only knows"):
+        await PostgresStore(pg_dsn).open()
+
+
+async def test_probe_writes_through_to_the_server(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        await store.probe()
+        with psycopg.connect(admin_dsn(pg_cluster, pg_dsn), autocommit=True) as conn:
+            conn.execute("REVOKE UPDATE ON health FROM gateway")  # e.g. a read-only or full database
+            conn.execute("ALTER TABLE health OWNER TO pgadmin")
+        with pytest.raises(StoreUnhealthy, match="health write/read failed"):
+            await store.probe()
+    finally:
+        await store.close()
+
+
+async def test_unfinished_count_can_use_the_state_index(pg_dsn: str) -> None:
+    store = PostgresStore(pg_dsn)
+    await store.open()
+    try:
+        await routed_message(store)
+        assert (await store.count_unfinished())[MessageState.ROUTED.value] == 1
+    finally:
+        await store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")  # a tiny table: make the planner show the index it can use
+        plan = conn.execute(
+            "EXPLAIN SELECT state, count(*) FROM messages WHERE state = ANY(%s) GROUP BY state",
+            (["routed", "failed"],),
+        ).fetchall()
+    assert any("messages_state" in line for (line,) in plan), plan

@@ -3,7 +3,9 @@
 Rules drive the real Intake, the real DeliveryWorker (two owners) and AckWorker (two owners) on a
 real store with a fake clock: intake (new: routable / unroutable / invalid; duplicate), claim,
 lease renewal, clock advance (lease expiry, backoff), delivery outcome (delivered / transient /
-permanent), operator retry and discard of dead letters, upstream acknowledgement (done / failed).
+permanent), operator retry and discard of dead letters, upstream acknowledgement (done / failed);
+and the way back: answers handed over (queued on one of two channels), claimed by two owners to be
+sent or confirmed, finished (sent / failed / dead, confirmed / deferred) or refused for a lost lease.
 
 After every step the store must agree with the model, and:
 * every message is in exactly one state (per-state listings partition the messages);
@@ -12,7 +14,9 @@ After every step the store must agree with the model, and:
   from ``None -> received`` to its current state;
 * attempts never decrease, except by an operator retry;
 * a claim never returns a message whose lease is live (so never two owners with live leases), and
-  never a delivered/acknowledged message.
+  never a delivered/acknowledged message;
+* answer claims hand out exactly the due answers the model expects, never answer n+1 of a message
+  on a channel while an earlier one there is still queued/failed.
 
 Bounded for the default run (see ``EXAMPLES``/``STEPS``); a longer run:
 ``GATEWAY_STATEFUL_EXAMPLES=2000 GATEWAY_STATEFUL_STEPS=80 pytest tests/store/test_stateful.py``.
@@ -46,13 +50,14 @@ from hypothesis.stateful import (
 from gateway.config import RetryPolicy, Route, RouteMatch
 from gateway.delivery.retry import backoff_ceiling
 from gateway.metrics import Metrics
-from gateway.model import AckState, MessageState, RoutingKeys, SourceRef
+from gateway.model import AckState, AnswerState, MessageState, RoutingKeys, SourceRef
 from gateway.pipeline.intake import IncomingMessage, Intake
 from gateway.plugins import PluginHost
 from gateway.problems import Problem
 from gateway.routing import Router
 from gateway.sources.base import AckOutcome
-from gateway.store.base import LeaseLost, StoredMessage
+from gateway.store.base import AnswerStep, LeaseLost, StoredAnswer, StoredMessage
+from gateway.store.contract import make_answer
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
@@ -110,6 +115,30 @@ class Model:
         self.lease_owner = self.lease_until = None
 
 
+@dataclass
+class AnswerModel:
+    """What the store should hold for one answer."""
+
+    index: int
+    message_id: str
+    sequence: int
+    channel: str
+    state: AnswerState = AnswerState.QUEUED
+    attempts: int = 0
+    polls: int = 0
+    next_attempt_at: float | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    audits: int = 2  # handed over, queued
+
+    def lease_live(self, now: float) -> bool:
+        return self.lease_owner is not None and self.lease_until is not None and self.lease_until >= now
+
+
+A = AnswerState
+ANSWER_CHANNELS = ("fc", "post")
+
+
 StoreFactory = Callable[[FakeClock], tuple[AnyStore, Callable[[], None]]]
 
 
@@ -161,6 +190,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.operator_retried: set[str] = set()
         self.dirty: set[str] = set()
         self.counter = 0
+        self.answers: dict[str, AnswerModel] = {}
+        self.answer_claims: dict[str, dict[str, StoredAnswer]] = {w: {} for w in WORKERS}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -395,6 +426,101 @@ class StoreMachine(RuleBasedStateMachine):
                 m.ack_next_at = now + min(3600.0, 5.0 * 2 ** max(m.ack_attempts - 1, 0))
             self.dirty.add(mid)
 
+    # the way back ----------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), channel=st.sampled_from(ANSWER_CHANNELS))
+    def hand_over_answer(self, data: st.DataObject, channel: str) -> None:
+        mid = data.draw(st.sampled_from(self.ordered(self.model)))
+        stored, created = self.run(
+            self.store.insert_answer(
+                make_answer(mid),
+                actor="api:t",
+                then=[AnswerStep(A.QUEUED, "route", "router", channel=channel)],
+            )
+        )
+        assert created
+        sequence = 1 + sum(1 for a in self.answers.values() if a.message_id == mid)
+        assert stored.answer.sequence == sequence
+        self.answers[stored.answer.id] = AnswerModel(
+            len(self.answers), mid, sequence, channel, next_attempt_at=self.clock.now
+        )
+
+    def answer_due(self, aid: str, now: float) -> bool:
+        a = self.answers[aid]
+        if a.lease_live(now) or a.next_attempt_at is None or a.next_attempt_at > now:
+            return False
+        if a.state is A.SENT:
+            return True
+        if a.state not in (A.QUEUED, A.FAILED):
+            return False
+        return not any(
+            b.message_id == a.message_id
+            and b.sequence < a.sequence
+            and b.channel == a.channel
+            and b.state in (A.QUEUED, A.FAILED)
+            for b in self.answers.values()
+        )
+
+    @precondition(lambda self: self.answers)
+    @rule(worker=st.sampled_from(WORKERS), channel=st.sampled_from(ANSWER_CHANNELS))
+    def claim_answers(self, worker: str, channel: str) -> None:
+        now = self.clock.now
+        expected = {aid for aid, a in self.answers.items() if a.channel == channel and self.answer_due(aid, now)}
+        claimed = self.run(
+            self.store.claim_answers(owner=worker, channel=channel, limit=1000, now=now, lease_seconds=LEASE)
+        )
+        assert {c.answer.id for c in claimed} == expected
+        for stored in claimed:
+            a = self.answers[stored.answer.id]
+            if a.state is A.SENT:
+                a.polls += 1
+            else:
+                a.attempts += 1
+            a.audits += 1
+            a.lease_owner, a.lease_until = worker, now + LEASE
+            self.answer_claims[worker][stored.answer.id] = stored
+
+    @precondition(lambda self: any(self.answer_claims.values()))
+    @rule(data=st.data(), outcome=st.sampled_from(["done", "retry", "dead"]))
+    def finish_answer(self, data: st.DataObject, outcome: str) -> None:
+        worker = data.draw(st.sampled_from([w for w in WORKERS if self.answer_claims[w]]))
+        aid = data.draw(st.sampled_from(sorted(self.answer_claims[worker], key=lambda i: self.answers[i].index)))
+        claimed = self.answer_claims[worker].pop(aid)
+        a = self.answers[aid]
+        now = self.clock.now
+        sending = claimed.answer.state in (A.QUEUED, A.FAILED)
+        live = a.lease_owner == worker and a.lease_live(now) and a.state is claimed.answer.state
+        later = now + 10
+        try:
+            if outcome == "retry" and not sending:
+                self.run(
+                    self.store.defer_answer(aid, owner=worker, next_attempt_at=later, reason="no event", actor=worker)
+                )
+                target = None
+            else:
+                if outcome == "dead":
+                    target = A.DEAD
+                elif outcome == "retry":
+                    target = A.FAILED
+                else:
+                    target = A.SENT if sending else A.CONFIRMED
+                step = AnswerStep(target, outcome, worker, lease_owner=worker, next_attempt_at=later)
+                self.run(self.store.apply(aid, step))
+        except LeaseLost:
+            assert not live, "a live answer lease was refused"
+            return
+        assert live, "a lost answer lease was accepted"
+        a.audits += 1
+        a.lease_owner = a.lease_until = None
+        if target is None:
+            a.next_attempt_at = later
+            return
+        a.state = target
+        a.next_attempt_at = later if target in (A.SENT, A.FAILED) else None
+        if target is A.SENT:
+            a.polls = 0
+
     # invariants --------------------------------------------------------------------------------
 
     @invariant()
@@ -425,10 +551,25 @@ class StoreMachine(RuleBasedStateMachine):
         self.operator_retried.clear()
 
     @invariant()
+    def answers_match_model(self) -> None:
+        rows = self.run(self.store.list_answers(limit=100_000))
+        assert len(rows) == len(self.answers)
+        for row in rows:
+            a = self.answers[row.answer.id]
+            assert (row.answer.state, row.answer.channel, row.answer.sequence) == (a.state, a.channel, a.sequence)
+            assert (row.answer.attempts, row.polls) == (a.attempts, a.polls)
+            assert (row.lease_owner, row.lease_until, row.next_attempt_at) == (
+                a.lease_owner,
+                a.lease_until,
+                a.next_attempt_at,
+            )
+
+    @invariant()
     def audit_chain_holds(self) -> None:
         verification = self.run(self.store.verify_audit())
         assert verification.ok, verification
-        assert verification.checked == sum(m.audits for m in self.model.values())
+        answer_audits = sum(a.audits for a in self.answers.values())
+        assert verification.checked == sum(m.audits for m in self.model.values()) + answer_audits
         for mid in sorted(self.dirty):
             trail = self.run(self.store.audit_trail(mid))
             assert len(trail) == self.model[mid].audits

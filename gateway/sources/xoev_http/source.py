@@ -32,7 +32,7 @@ from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.http.problem import problem_response
 from gateway.metrics import Metrics
-from gateway.model import BlobRef, Envelope, RoutingKeys, SourceRef
+from gateway.model import BlobRef, Envelope, ReplyContext, RoutingKeys, SourceRef
 from gateway.pipeline.intake import IncomingMessage, Intake, IntakeClosed
 from gateway.problems import Problem
 from gateway.sources.base import AckOutcome, AckResult, SourceContext, SourceType
@@ -278,6 +278,13 @@ class XoevHttpSource:
             metadata={"xoev": xoev_meta, "sender": sender.id},
             data=data,
             attachments=[*attachments, *([decoded] if decoded else [])],
+            # The way back: answers go to this sender, in this Vorgang, from the reader it wrote to.
+            reply=ReplyContext(
+                source_type=SOURCE_TYPE,
+                sender=sender.id,
+                case=identity.extra.get("vorgang") if identity else None,
+                destination=identity.reader_id if identity else None,
+            ),
         )
         try:
             result = await self.ctx.intake.receive(incoming)

@@ -1,6 +1,6 @@
 """PostgreSQL schema migrations: versioned, append-only list, applied on open and by ``gateway db upgrade``.
 
-Same layout as the SQLite schema (:mod:`gateway.store.sqlite`), with these deliberate choices:
+Same layout as the SQLite schema (:mod:`gateway.store.migrations.sqlite`), with these deliberate choices:
 
 * times are ``double precision`` unix seconds, like SQLite's REAL: the audit hash covers
   ``repr(float(at))``, so the stored value must round-trip bit-exactly (``timestamptz`` keeps
@@ -30,6 +30,7 @@ from psycopg import AsyncConnection, errors
 from psycopg.rows import tuple_row
 
 from gateway.errors import GatewayError
+from gateway.store.records import SchemaTooNew
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +124,47 @@ MIGRATIONS: tuple[LiteralString, ...] = (
     CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
         FOR EACH STATEMENT EXECUTE FUNCTION gateway_audit_append_only();
     """,
+    # The way back: answers (their own records, audited in the same chain), the inbound message's
+    # reply context, and the readiness probe's health row. Same columns as SQLite's version 3.
+    """
+    ALTER TABLE messages ADD COLUMN reply text;
+    CREATE TABLE answers (
+        id text COLLATE "C" PRIMARY KEY,
+        message_id text COLLATE "C" NOT NULL REFERENCES messages (id),
+        kind text NOT NULL CHECK (kind IN ('status', 'reply')),
+        caller text NOT NULL,
+        idempotency_key text NOT NULL,
+        created_at double precision NOT NULL,
+        content text NOT NULL,
+        data text,
+        attachments text NOT NULL,
+        bescheid smallint NOT NULL DEFAULT 0 CHECK (bescheid IN (0, 1)),
+        sequence integer NOT NULL CHECK (sequence > 0),
+        state text NOT NULL CHECK (state IN
+            ('handed_over', 'queued', 'failed', 'sent', 'confirmed', 'refused', 'dead', 'discarded')),
+        channel text,
+        fallback_reason text,
+        attempts integer NOT NULL DEFAULT 0,
+        polls integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision,
+        queued_at double precision,
+        sent_at double precision,
+        confirmed_at double precision,
+        lease_owner text,
+        lease_until double precision,
+        last_error text,
+        problems text NOT NULL DEFAULT '[]',
+        reference text,
+        updated_at double precision NOT NULL,
+        UNIQUE (message_id, caller, idempotency_key),
+        UNIQUE (message_id, sequence)
+    );
+    CREATE INDEX answers_due ON answers (channel, state, next_attempt_at);
+    CREATE INDEX answers_state ON answers (state, updated_at);
+    CREATE INDEX answers_order ON answers (created_at, id);
+    CREATE INDEX answers_lease_owner ON answers (lease_owner) WHERE lease_owner IS NOT NULL;
+    CREATE TABLE health (id integer PRIMARY KEY CHECK (id = 1), token text NOT NULL, at double precision NOT NULL);
+    """,
 )
 
 
@@ -151,6 +193,8 @@ async def migrate(conn: AsyncConnection[Any]) -> int:
         if exists:
             await cur.execute("SELECT version FROM schema_migrations")
             done = {int(r[0]) for r in await cur.fetchall()}
+        if done and max(done) > len(MIGRATIONS):
+            raise SchemaTooNew(max(done), len(MIGRATIONS))
         pending = [v for v in range(1, len(MIGRATIONS) + 1) if v not in done]
         try:
             if not exists:
@@ -169,6 +213,4 @@ async def migrate(conn: AsyncConnection[Any]) -> int:
     current = max(done | set(pending), default=0)
     if pending:
         log.info("schema_migrated", backend="postgresql", applied=pending, version=current)
-    if current > len(MIGRATIONS):
-        log.warning("schema_newer_than_gateway", backend="postgresql", version=current, known=len(MIGRATIONS))
     return current
