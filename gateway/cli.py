@@ -122,15 +122,24 @@ async def serve(
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.runtime import build_runtime
+    """Every error of the file in one run (core tables, subsystems, every adapter and source), without
+    side effects; warnings (e.g. a route shadowed by an earlier catch-all) do not fail the check."""
+    from gateway.assembly import plan_file
+    from gateway.runtime import check_legacy_instances
 
     path = args.path or args.config
-    try:
-        config = _load(path)
-        build_runtime(config)  # validates plugin-specific options too
-        build_ssl_context(config)  # the TLS certificate and key load
-    except (ConfigError, ConfigErrors) as exc:
-        _print_config_errors(exc)
+    plan = plan_file(path)
+    reader, config = plan.reader, plan.config
+    check_legacy_instances(plan)
+    if not reader.failed("http"):
+        try:
+            build_ssl_context(config)  # the TLS certificate and key load
+        except ConfigError as exc:
+            reader.errors.append(exc)
+    for warning in reader.warnings:
+        print(f"warning: {warning.render()}", file=sys.stderr)
+    if reader.errors:
+        _print_config_errors(ConfigErrors(reader.errors))
         return 2
     print(f"{path}: ok ({len(config.sources)} sources, {len(config.adapters)} adapters, {len(config.routes)} routes)")
     return 0

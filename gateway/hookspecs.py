@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.model import Envelope
     from gateway.problems import Problem
     from gateway.sources.base import SourceType
+    from gateway.subsystems import SubsystemType
     from gateway.xoev.identity import MessageIdentity
 
 PROJECT_NAME = "gateway"
@@ -44,6 +45,15 @@ def gateway_adapter_types() -> Sequence[AdapterType]:
 @hookspec
 def gateway_source_types() -> Sequence[SourceType]:
     """Return the source (inbound channel) types this plugin provides (e.g. ``fitconnect``)."""
+
+
+@hookspec
+def gateway_subsystem_types() -> Sequence[SubsystemType]:
+    """Return the subsystem types this plugin provides: resources shared by channels, each with its own
+    top-level config table (its ``name``), metrics and lifecycle (e.g. ``xoev``, ``fitconnect``).
+
+    Subsystem type names must be unique across all plugins and must not be a core table's name.
+    """
 
 
 @hookspec(firstresult=True)

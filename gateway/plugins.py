@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gateway.model import Envelope
     from gateway.problems import Problem
     from gateway.sources.base import SourceType
+    from gateway.subsystems import SubsystemType
     from gateway.xoev.identity import MessageIdentity
 
 T = TypeVar("T")
@@ -41,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gateway.builtin_plugins",
     "gateway.sources.fitconnect.plugin",
     "gateway.xoev.standards",
+    "gateway.xoev.subsystem",
     "gateway.sources.xoev_http.source",
 )
 
@@ -83,6 +85,7 @@ class PluginHost:
     infos: list[PluginInfo] = field(default_factory=list)
     adapter_types: dict[str, AdapterType] = field(default_factory=dict)
     source_types: dict[str, SourceType] = field(default_factory=dict)
+    subsystem_types: dict[str, SubsystemType] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -158,6 +161,13 @@ class PluginHost:
                     )
                 self.source_types[source_type.name] = source_type
                 provided.setdefault(impl.plugin_name, ([], []))[1].append(source_type.name)
+        for impl in self.pm.hook.gateway_subsystem_types.get_hookimpls():
+            for subsystem_type in cast("Sequence[SubsystemType]", impl.function()):
+                if subsystem_type.name in self.subsystem_types:
+                    raise ConfigError(
+                        f"subsystem type {subsystem_type.name!r} is provided by two plugins (second: {impl.plugin_name})"
+                    )
+                self.subsystem_types[subsystem_type.name] = subsystem_type
         self.infos = [
             PluginInfo(
                 i.name,

@@ -254,9 +254,7 @@ def create_app(runtime: Runtime) -> web.Application:
         await runtime.stop()
 
     async def on_shutdown(app: web.Application) -> None:
-        runtime.draining = True
-        runtime.intake.draining = True
-        log.info("gateway_draining")
+        runtime.drain.begin()  # before open requests are waited for: new ones get 503
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

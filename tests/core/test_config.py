@@ -42,6 +42,10 @@ def keyed(errors: list[ConfigError]) -> dict[str, str]:
     return {e.key: e.reason for e in errors}
 
 
+def unknown(*known: str) -> str:
+    return f"unknown key (known: {', '.join(known)})"
+
+
 def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, MINIMAL))
     assert config.gateway.mode == "test"
@@ -73,21 +77,25 @@ max_attempt = 3
 fallbak = "all"
 """,
     )
+    http_keys = ("admin_token", "client_ca", "drain_seconds", "host", "max_body_bytes", "port", "tls_cert", "tls_key")
     assert keyed(errors) == {
-        "colour": "unknown key",
-        "http.prot": "unknown key",
-        "retry.slow.max_attempt": "unknown key",
-        "routing.fallbak": "unknown key",
+        "colour": "unknown key (known: adapters, delivery, gateway, http, logging, plugins, retry, routes, routing, "
+        "sources, store and subsystem tables)",
+        "http.prot": unknown(*http_keys),
+        "retry.slow.max_attempt": unknown("initial_delay", "max_age", "max_attempts", "max_delay"),
+        "routing.fallbak": unknown("fallback", "test_route"),
     }
     rendered = str(ConfigErrors(errors))
-    assert f"{tmp_path / 'gateway.toml'}: http.prot: unknown key" in rendered
+    assert f"{tmp_path / 'gateway.toml'}: http.prot: unknown key (known: admin_token, " in rendered
 
 
 def test_unknown_key_in_route_and_match(tmp_path: Path) -> None:
     text = MINIMAL + '\n[[routes]]\nname = "x"\nadapter = "fv"\npriority = 1\n[routes.match]\nservce = "urn:x"\n'
     assert keyed(errors_of(tmp_path, text)) == {
-        "routes[1].priority": "unknown key",
-        "routes[1].match.servce": "unknown key",
+        "routes[1].priority": unknown("adapter", "match", "name", "retry", "signature"),
+        "routes[1].match.servce": unknown(
+            "destination", "message_type", "namespace", "region", "sender", "service", "source", "test"
+        ),
     }
 
 
@@ -114,11 +122,11 @@ allow = "filesystem"
 
 def test_plugin_lists_hold_strings(tmp_path: Path) -> None:
     reasons = keyed(errors_of(tmp_path, MINIMAL + '[plugins]\nallow = ["filesystem", 1]\nblock = [true]\n'))
-    assert reasons == {"plugins.allow": "expected a list of strings", "plugins.block": "expected a list of strings"}
+    assert reasons == {"plugins.allow[1]": "expected str, got int", "plugins.block[0]": "expected str, got bool"}
 
 
 def test_table_expected(tmp_path: Path) -> None:
-    assert keyed(errors_of(tmp_path, "http = 5\n" + MINIMAL)) == {"http": "expected a table"}
+    assert keyed(errors_of(tmp_path, "http = 5\n" + MINIMAL)) == {"http": "expected a table, got int"}
 
 
 def test_bool_is_not_an_int_and_int_is_not_a_bool(tmp_path: Path) -> None:

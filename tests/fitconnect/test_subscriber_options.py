@@ -17,7 +17,7 @@ from gateway.metrics import Metrics
 from gateway.runtime import build_runtime
 from gateway.secrets import secret_resolver
 from gateway.sources.base import SourceContext
-from gateway.sources.fitconnect import options as options_module
+from gateway.sources.fitconnect import subsystem as options_module  # where key files are loaded
 from gateway.sources.fitconnect.options import parse_options
 from gateway.sources.fitconnect.source import FitConnectSource
 from gateway.store.blobs import BlobStore

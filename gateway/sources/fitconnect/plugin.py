@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from gateway.hookspecs import hookimpl
 from gateway.sources.base import SourceType
+from gateway.sources.fitconnect.options import FitConnectSourceOptions
 from gateway.sources.fitconnect.source import create
+from gateway.sources.fitconnect.subsystem import gateway_subsystem_types
+
+__all__ = ["gateway_source_types", "gateway_subsystem_types"]
 
 
 @hookimpl
@@ -13,6 +17,7 @@ def gateway_source_types() -> list[SourceType]:
         SourceType(
             name="fitconnect",
             create=create,
+            options=FitConnectSourceOptions,
             description="FIT-Connect subscriber: receives one destination's submissions, checks them, accepts/rejects",
         )
     ]

@@ -1,0 +1,82 @@
+"""Options documented from their declaration: ``gateway plugins --options TYPE`` and docs/configuration.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from gateway.options.spec import describe_type, fields_of, is_options_class, optional_inner
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OptionDoc:
+    key: str  # relative to the table (nested tables: "senders.<name>.token")
+    type: str
+    default: str  # "required" when there is none
+    doc: str
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, Path):
+        return f'"{value}"'
+    if isinstance(value, tuple | list | frozenset):
+        return "[" + ", ".join(_default(v) for v in value) + "]"
+    if isinstance(value, dict) and not value:
+        return "{}"
+    return str(value)
+
+
+def describe(cls: type, prefix: str = "") -> list[OptionDoc]:
+    """Every option of ``cls``, nested tables flattened (``senders.<name>.token``)."""
+    out: list[OptionDoc] = []
+    for f in fields_of(cls):
+        key = f"{prefix}{f.key}"
+        if f.spec.default_doc is not None:
+            default = f.spec.default_doc
+        elif f.required:
+            default = "required"
+        else:
+            value = f.default_value()
+            default = "none" if value is None else _default(value)
+        out.append(OptionDoc(key, f.spec.type_doc or describe_type(f.type), default, f.spec.doc))
+        nested = _nested(f.type)
+        if nested is not None:
+            cls_, pattern = nested
+            out.extend(describe(cls_, f"{key}{pattern}."))
+    return out
+
+
+def _nested(tp: Any) -> tuple[type, str] | None:
+    import typing
+
+    tp = optional_inner(tp) or tp
+    if is_options_class(tp):
+        return tp, ""
+    args = typing.get_args(tp)
+    if args and is_options_class(args[-1]) and typing.get_origin(tp) not in (typing.Literal,):
+        origin = typing.get_origin(tp)
+        return args[-1] if origin not in (list, tuple) else args[0], "[]" if origin in (list, tuple) else ".<name>"
+    return None
+
+
+def markdown_table(cls: type) -> str:
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for d in describe(cls):
+        rows.append(
+            f"| `{d.key}` | {d.type} | {d.default if d.default in ('required', 'none') else f'`{d.default}`'} | {d.doc} |"
+        )
+    return "\n".join(rows)
+
+
+def text(cls: type) -> str:
+    """For the terminal: one block per option."""
+    lines = []
+    for d in describe(cls):
+        lines.append(f"{d.key}  ({d.type}; {'required' if d.default == 'required' else 'default ' + d.default})")
+        lines.append(f"    {d.doc}")
+    return "\n".join(lines)
