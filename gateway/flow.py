@@ -115,10 +115,11 @@ class Flow:
         if not self._connected:
             raise RuntimeError("connect() the flow to its sources before starting it")
         grace = self.config.delivery.shutdown_grace
+        # lambdas: the parts' methods are looked up when the task starts (tests replace them)
         return [
-            Task("delivery-worker", self.worker.run, before_cancel=lambda: self.worker.stop(grace)),
-            Task("pipeline-resume", self.intake.resume_loop),
-            Task("ack-worker", self.acker.run),
+            Task("delivery-worker", lambda: self.worker.run(), before_cancel=lambda: self.worker.stop(grace)),
+            Task("pipeline-resume", lambda: self.intake.resume_loop()),
+            Task("ack-worker", lambda: self.acker.run()),
         ]
 
 

@@ -25,8 +25,12 @@ def at_least(minimum: float) -> Callable[[float], str | None]:
 
 def between(low: float, high: float, *, what: str = "") -> Callable[[float], str | None]:
     """``low <= value <= high`` (what: e.g. "an integer" / "a number of seconds", for the message)."""
-    shown = f"must be {what + ', ' if what else ''}between {low:g} and {high:g}"
+    shown = f"must be {what + ' ' if what else ''}between {_number(low)} and {_number(high)}"
     return lambda value: None if low <= value <= high else shown
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def non_empty(value: Sized) -> str | None:

@@ -96,7 +96,7 @@ def test_defaults(tmp_path: Path, fitconnect_shared: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "key", "text"),
     [
-        ({"polling": 5}, "polling", "unknown option"),
+        ({"polling": 5}, "polling", "unknown key (known: accept_policy, allow_missing_metadata_schema, "),
         ({"poll_interval": "5"}, "poll_interval", "expected float"),
         ({"poll_interval": 0}, "poll_interval", "> 0"),
         ({"poll_interval": True}, "poll_interval", "expected float"),
