@@ -152,6 +152,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         config = _load(args.config)
         allow, block = config.plugins.allow, config.plugins.block
     host = PluginHost.load(allow=allow, block=block)
+    if args.options:
+        return _print_options(host, args.options, as_json=args.json)
     rows: list[dict[str, Any]] = [
         {
             "name": i.name,
@@ -170,6 +172,53 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         provides = [f"adapter:{t}" for t in row["adapter_types"]] + [f"source:{t}" for t in row["source_types"]]
         dist = f"{row['distribution']} {row['version']}" if row["distribution"] else "-"
         print(f"{row['name']:<38} {dist:<24} {', '.join(provides) or '-'}")
+    return 0
+
+
+def _print_options(host: PluginHost, name: str, *, as_json: bool) -> int:
+    """The options a type declares: ``adapter:NAME``, ``source:NAME``, ``subsystem:NAME`` or just ``NAME``."""
+    from dataclasses import asdict
+
+    from gateway.options.docs import describe, text
+
+    kind, _, type_name = name.rpartition(":")
+    found = [
+        (k, t)
+        for k, types in (
+            ("adapter", host.adapter_types),
+            ("source", host.source_types),
+            ("subsystem", host.subsystem_types),
+        )
+        if kind in ("", k) and (t := types.get(type_name)) is not None
+    ]
+    if not found:
+        print(
+            f"error: no adapter, source or subsystem type {name!r} is installed (see `gateway plugins`)",
+            file=sys.stderr,
+        )
+        return 2
+    for k, t in found:
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "kind": k,
+                        "type": t.name,
+                        "options": [asdict(d) for d in describe(t.options)] if t.options else None,
+                    },
+                    indent=2,
+                )
+            )
+            continue
+        table = {
+            "adapter": f'[adapters.NAME] type = "{t.name}"',
+            "source": f'[sources.NAME] type = "{t.name}"',
+            "subsystem": f"[{t.name}]",
+        }[k]
+        print(f"{table}: {t.description}")
+        print(
+            text(t.options) if t.options is not None else "  (options not declared: the type checks its table itself)"
+        )
     return 0
 
 
@@ -321,6 +370,9 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list loaded plugins and the types they provide")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--options", metavar="TYPE", help="print the options of a type (adapter:, source:, subsystem: or a name)"
+    )
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("route", help="show which route a message with these keys takes")

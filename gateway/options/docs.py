@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +54,16 @@ def describe(cls: type, prefix: str = "") -> list[OptionDoc]:
 
 
 def _nested(tp: Any) -> tuple[type, str] | None:
-    import typing
-
+    """The options class inside a field's type and how its keys are shown (``[]``, ``.<name>``)."""
     tp = optional_inner(tp) or tp
     if is_options_class(tp):
         return tp, ""
-    args = typing.get_args(tp)
-    if args and is_options_class(args[-1]) and typing.get_origin(tp) not in (typing.Literal,):
-        origin = typing.get_origin(tp)
-        return args[-1] if origin not in (list, tuple) else args[0], "[]" if origin in (list, tuple) else ".<name>"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple) and args and is_options_class(args[0]):
+        return args[0], "[]"
+    if origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, Any]):
+        if args and is_options_class(args[-1]):
+            return args[-1], ".<name>"
     return None
 
 

@@ -4,6 +4,7 @@ block lists filter them, mistakes fail startup, and a separately installed vendo
 from __future__ import annotations
 
 import argparse
+import json
 import types
 from pathlib import Path
 
@@ -333,3 +334,20 @@ def test_vendor_options_validated_by_check_config(
     path = write_config(tmp_path, text)
     assert main(["check-config", str(path)]) == 2
     assert f"error: {path}: adapters.vendor.inbox: exactly one option: inbox" in capsys.readouterr().err
+
+
+def test_plugins_options_prints_what_a_type_declares(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(["plugins", "--options", "adapter:filesystem", "-c", "/nonexistent.toml"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith('[adapters.NAME] type = "filesystem": ')
+    assert "directory  (path; required)\n    The folder the Fachverfahren reads from" in out
+    assert 'layout  (string; default "{id}")' in out
+    assert main(["plugins", "--options", "xoev", "--json", "-c", "/nonexistent.toml"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    keys = [o["key"] for o in described["options"]]
+    assert described["kind"] == "subsystem"
+    assert {"workers", "bundles[].name", "bundles[].entries", "signing.key"} <= set(keys)
+    assert main(["plugins", "--options", "carrier-pigeon", "-c", "/nonexistent.toml"]) == 2
+    assert "no adapter, source or subsystem type 'carrier-pigeon'" in capsys.readouterr().err
