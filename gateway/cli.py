@@ -1,7 +1,7 @@
 """The ``gateway`` command line.
 
 Core commands live here; subsystems and plugins add theirs through the ``gateway_add_commands``
-hook (the built-in ones go through the same hook, see :mod:`gateway.builtin_plugins`).
+hook (the built-in channels go through the same hook, registered in the entry-point group ``gateway.builtin``).
 """
 
 from __future__ import annotations

@@ -6,18 +6,21 @@ known on another endpoint gets 403, not 401) with their refusal counter.
 
 from __future__ import annotations
 
+import argparse
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from gateway.hookspecs import hookimpl
 from gateway.subsystems import SubsystemContext, SubsystemType
+from gateway.xoev import hookspecs as HOOKSPECS  # the channel's own hook: gateway_xoev_identify
 from gateway.xoev.config import XoevConfig, XoevOptions
 
 if TYPE_CHECKING:
     from gateway.xoev.validator import XoevValidator
 
 NAME = "xoev"
+__all__ = ["HOOKSPECS", "XoevSubsystem", "gateway_add_commands", "gateway_subsystem_types"]
 
 
 class XoevSubsystem:
@@ -59,3 +62,10 @@ def gateway_subsystem_types() -> list[SubsystemType]:
             description="XÖV schema bundles, the validator's worker processes, trusted signature certificates",
         )
     ]
+
+
+@hookimpl
+def gateway_add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway.xoev.cli import register
+
+    register(subparsers)

@@ -104,7 +104,10 @@ async def test_subsystem_starts_before_the_sources_and_stops_after_them(tmp_path
 
 
 def test_subsystem_table_errors_come_with_the_rest_of_the_file(tmp_path: Path) -> None:
-    text = ADAPTER + '[pool]\nsize = 0\nextra = 1\n[sources.a]\ntype = "pooled"\n[sources.b]\ntype = "pooled"\nweight = "x"\n'
+    text = (
+        ADAPTER
+        + '[pool]\nsize = 0\nextra = 1\n[sources.a]\ntype = "pooled"\n[sources.b]\ntype = "pooled"\nweight = "x"\n'
+    )
     plan = plan_file(write_config(tmp_path, text), plugins=host(PoolPlugin()))
     assert sorted((e.key, e.reason) for e in plan.reader.errors) == [
         ("pool.extra", "unknown key (known: size)"),
@@ -118,7 +121,9 @@ def test_unclaimed_top_level_table_is_an_unknown_key(tmp_path: Path) -> None:
     plan = plan_file(write_config(tmp_path, ADAPTER + "[pol]\nsize = 1\n"), plugins=host(PoolPlugin()))
     ((key, reason),) = [(e.key, e.reason) for e in plan.reader.errors]
     assert key == "pol"
-    assert reason.startswith("unknown key (known: adapters, delivery, fitconnect, gateway, http, logging, plugins, pool,")
+    assert reason.startswith(
+        "unknown key (known: adapters, delivery, fitconnect, gateway, http, logging, plugins, pool,"
+    )
 
 
 async def test_components_start_in_order_stop_in_reverse_and_roll_back() -> None:

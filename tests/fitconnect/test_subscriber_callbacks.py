@@ -34,7 +34,9 @@ HMAC = (
 
 
 class Endpoint:
-    def __init__(self, client: TestClient[Any, Any], metrics: FitConnectMetrics, triggered: list[int], now: list[float]) -> None:
+    def __init__(
+        self, client: TestClient[Any, Any], metrics: FitConnectMetrics, triggered: list[int], now: list[float]
+    ) -> None:
         self.client = client
         self.metrics = metrics
         self.triggered = triggered

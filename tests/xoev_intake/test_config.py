@@ -67,7 +67,11 @@ SENDER = '[sources.x.senders.s1]\ntoken = { file = "token.txt" }\n'
         (SOURCE + "bogus = 1\n" + SENDER, "sources.x.bogus", "unknown key (known: accept_test_messages, "),
         (SOURCE, "sources.x.senders", "is required"),
         (SOURCE + "[sources.x.senders.s1]\nauthors = []\n", "sources.x.senders.s1", "needs a token"),
-        (SOURCE + '[sources.x.senders.s1]\ntokn = "x"\n', "sources.x.senders.s1.tokn", "unknown key (known: authors, client_certificates, token)"),
+        (
+            SOURCE + '[sources.x.senders.s1]\ntokn = "x"\n',
+            "sources.x.senders.s1.tokn",
+            "unknown key (known: authors, client_certificates, token)",
+        ),
         (
             SOURCE + '[sources.x.senders."bad id"]\ntoken = { file = "token.txt" }\n',
             'sources.x.senders."bad id"',
@@ -101,7 +105,11 @@ SENDER = '[sources.x.senders.s1]\ntoken = { file = "token.txt" }\n'
         (SOURCE + 'path = "/admin/xoev"\n' + SENDER, "sources.x.path", "collides"),
         (SOURCE + 'path = "xoev/in"\n' + SENDER, "sources.x.path", "absolute URL path"),
         (SOURCE + 'max_body_bytes = "1"\n' + SENDER, "sources.x.max_body_bytes", "expected int, got str"),
-        (SOURCE + 'accept_test_messages = "yes"\n' + SENDER, "sources.x.accept_test_messages", "expected bool, got str"),
+        (
+            SOURCE + 'accept_test_messages = "yes"\n' + SENDER,
+            "sources.x.accept_test_messages",
+            "expected bool, got str",
+        ),
         (
             SOURCE + SENDER + '[sources.y]\ntype = "xoev-http"\npath = "/xoev/x/messages"\n'
             '[sources.y.senders.s9]\ntoken = { file = "token2.txt" }\n',

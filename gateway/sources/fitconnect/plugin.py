@@ -1,6 +1,8 @@
-"""Registers the ``fitconnect`` source type (a built-in plugin, listed in ``gateway.plugins.DEFAULT_PLUGINS``)."""
+"""Registers the ``fitconnect`` source type, its subsystem and ``gateway keys`` (a built-in plugin: entry-point group ``gateway.builtin``)."""
 
 from __future__ import annotations
+
+import argparse
 
 from gateway.hookspecs import hookimpl
 from gateway.sources.base import SourceType
@@ -8,7 +10,14 @@ from gateway.sources.fitconnect.options import FitConnectSourceOptions
 from gateway.sources.fitconnect.source import create
 from gateway.sources.fitconnect.subsystem import gateway_subsystem_types
 
-__all__ = ["gateway_source_types", "gateway_subsystem_types"]
+__all__ = ["gateway_add_commands", "gateway_source_types", "gateway_subsystem_types"]
+
+
+@hookimpl
+def gateway_add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway.fitconnect.keys_cli import register  # `gateway keys`
+
+    register(subparsers)
 
 
 @hookimpl
