@@ -217,7 +217,7 @@ class FilesystemAdapter:
         final = self.options.directory.joinpath(*segments)
         reference = "/".join(segments)
         result = await self._deliver(envelope, delivery.blobs, final, reference)
-        log.info("filesystem.delivery", outcome=str(result.outcome), reason=result.reason, path=reference)
+        log.info("filesystem_delivery", outcome=str(result.outcome), reason=result.reason, path=reference)
         return result
 
     async def _deliver(self, envelope: Envelope, blobs: BlobReader, final: Path, reference: str) -> DeliveryResult:

@@ -79,7 +79,7 @@ class WebhookAdapter:
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
         log = logger.bind(adapter=self.name, message_id=delivery.envelope.id, attempt=delivery.attempt)
         result = await self._deliver(delivery)
-        log.info("webhook.delivery", outcome=str(result.outcome), reason=result.reason)
+        log.info("webhook_delivery", outcome=str(result.outcome), reason=result.reason)
         return result
 
     async def _deliver(self, delivery: Delivery) -> DeliveryResult:

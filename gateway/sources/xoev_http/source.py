@@ -148,7 +148,7 @@ class XoevHttpSource:
     def _refuse(self, refusal: Refusal, sender: SenderConfig | None) -> web.Response:
         self.refused.labels(self.name, refusal.type).inc()
         log.info(
-            "xoev.intake.refused",
+            "xoev_intake_refused",
             source=self.name,
             status=refusal.status,
             problem_types=[refusal.type],
@@ -177,7 +177,7 @@ class XoevHttpSource:
         except Exception:
             # Storing failed (disk full, database down): nothing was committed, so nothing was accepted.
             # 503 + Retry-After tells the sender to come back, instead of a generic 500 per request.
-            log.exception("xoev.intake.store_failed", source=self.name)
+            log.exception("xoev_intake_store_failed", source=self.name)
             unavailable = Refusal(
                 503,
                 STORE_UNAVAILABLE,
@@ -274,7 +274,7 @@ class XoevHttpSource:
                 id=stored.id,
             )
         log.info(
-            "xoev.intake.accepted",
+            "xoev_intake_accepted",
             source=self.name,
             sender=sender.id,
             message_id=stored.id,
@@ -292,14 +292,14 @@ class XoevHttpSource:
     def _decoded_json(self, decoded: dict[str, Any] | str | None) -> bytes | None:
         """The decoded part's content; a document that could not be decoded just goes without it."""
         if isinstance(decoded, str):
-            log.warning("xoev.intake.decode_failed", source=self.name, error_type=decoded.split(":", 1)[0])
+            log.warning("xoev_intake_decode_failed", source=self.name, error_type=decoded.split(":", 1)[0])
             return None
         if decoded is None:
             return None
         try:
             return json.dumps(decoded, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
         except ValueError:  # e.g. a NaN decoded from an xs:double
-            log.warning("xoev.intake.decode_failed", source=self.name, error_type="ValueError")
+            log.warning("xoev_intake_decode_failed", source=self.name, error_type="ValueError")
             return None
 
     async def _validate(self, xml: bytes) -> tuple[ValidationOutcome, dict[str, Any] | str | None]:
