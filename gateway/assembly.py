@@ -9,10 +9,10 @@ runtime's job (:mod:`gateway.runtime`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -26,6 +26,7 @@ from gateway.subsystems import Subsystem, SubsystemContext
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
 PROGRESS_EVERY = 2.0  # seconds between progress lines while many instances are read
 
 
@@ -67,15 +68,22 @@ def read_plugins(config: GatewayConfig, plugins: PluginHost, reader: Reader, met
         ("sources", plugins.source_types, plan.sources),
     ):
         instances: Mapping[str, PluginInstance] = getattr(config, section)
-        last = time.monotonic()
-        for done, (name, inst) in enumerate(instances.items(), start=1):
+        for name, inst in progress(instances.items(), "config_progress", section):
             read = _read_instance(inst, types, reader, ctx.instance(name), section[:-1])
             if read is not None:
                 into[name] = read
-            if time.monotonic() - last >= PROGRESS_EVERY:
-                log.info("config_progress", section=section, done=done, total=len(instances))
-                last = time.monotonic()
     return plan
+
+
+def progress(items: Iterable[T], event: str, section: str) -> Iterator[T]:
+    """``items``, with a progress line every few seconds (a start with 500 sources is not silent)."""
+    listed = list(items)
+    last = time.monotonic()
+    for done, item in enumerate(listed, start=1):
+        yield item
+        if time.monotonic() - last >= PROGRESS_EVERY:
+            log.info(event, section=section, done=done, total=len(listed))
+            last = time.monotonic()
 
 
 def _read_subsystems(plan: Plan, ctx: ReadContext) -> None:

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from gateway.adapters.base import Adapter, AdapterContext
-from gateway.assembly import Plan, read_plugins
+from gateway.assembly import Plan, progress, read_plugins
 from gateway.components import Components, Drain, Hooks, Task
 from gateway.config import GatewayConfig
 from gateway.delivery.acks import AckWorker
@@ -244,7 +244,7 @@ def _create_sources(
     config = plan.config
     sources: dict[str, Source] = {}
     routes: list[web.RouteDef] = []
-    for name, read in plan.sources.items():
+    for name, read in progress(plan.sources.items(), "runtime_progress", "sources"):
         added: list[web.RouteDef] = []
         sctx = SourceContext(
             name=name,

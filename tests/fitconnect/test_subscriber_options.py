@@ -263,3 +263,38 @@ async def test_listing_with_non_uuid_ids_is_ignored(tmp_path: Path, fitconnect_s
     ):
         assert await source._enqueue(item) is False  # never reaches the store (there is none here)
     await source.close()
+
+
+def test_shared_key_files_and_schemas_are_loaded_once(tmp_path: Path, fitconnect_shared: Path) -> None:
+    """Many destinations naming the same key files and schema dirs: loaded and validated once."""
+    from gateway.assembly import plan_file
+    from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+
+    (tmp_path / "client.secret").write_text("s3cret")
+    sources = "".join(
+        f"""
+[sources.fc{i}]
+type = "fitconnect"
+submission_api_url = "https://zsd.example.org"
+token_url = "https://auth.example.org/token"
+client_id = "x{i}"
+client_secret = {{ file = "client.secret" }}
+destination_id = "00000000-0000-4000-8000-00000000000{i}"
+decryption_keys = ["{sandbox_keys().encryption_private}"]
+signing_key = "{sandbox_keys().signing_private}"
+allow_self_signed = true
+metadata_schema_dirs = ["{fitconnect_shared}"]
+data_schema_dirs = ["{DEMO_SCHEMAS}"]
+"""
+        for i in range(5)
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[adapters.fs]\ntype = "filesystem"\ndirectory = "out"\n[[routes]]\nname = "all"\nadapter = "fs"\n' + sources
+    )
+    plan = plan_file(path)
+    assert plan.reader.errors == []
+    cache = plan.subsystems["fitconnect"]
+    assert isinstance(cache, FitConnectSubsystem)
+    assert cache.loads == 3  # two key files and one schema set, for five sources
+    assert len(plan.sources) == 5
