@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.options import At, ReadContext, Reader, failed, option, options
-from gateway.options.checks import is_file, non_negative, positive
+from gateway.options.checks import documented, is_file, non_negative, positive
 from gateway.routing import ROUTE_MATCH_KEYS, Route, RouteMatch, read_routes
 from gateway.secrets import SecretRef
 
@@ -86,6 +86,7 @@ class StoreSection:
         return self
 
 
+@documented("0–65535")
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a TCP port"
 

@@ -11,22 +11,30 @@ from pathlib import Path
 from typing import Any
 
 
+def documented(doc: str) -> Callable[[Callable[[Any], str | None]], Callable[[Any], str | None]]:
+    """Attach how a check reads in the option docs (``> 0``, ``1–500``): shown after the type."""
+
+    def mark(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+        check.doc = doc  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+@documented("> 0")
 def positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
+@documented("≥ 0")
 def non_negative(value: float) -> str | None:
     return None if value >= 0 else "must be >= 0"
-
-
-def at_least(minimum: float) -> Callable[[float], str | None]:
-    return lambda value: None if value >= minimum else f"must be >= {minimum:g}"
 
 
 def between(low: float, high: float, *, what: str = "") -> Callable[[float], str | None]:
     """``low <= value <= high`` (what: e.g. "an integer" / "a number of seconds", for the message)."""
     shown = f"must be {what + ' ' if what else ''}between {_number(low)} and {_number(high)}"
-    return lambda value: None if low <= value <= high else shown
+    return documented(f"{_number(low)}–{_number(high)}")(lambda value: None if low <= value <= high else shown)
 
 
 def _number(value: float) -> str:

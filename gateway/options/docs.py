@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +47,9 @@ def describe(cls: type, prefix: str = "") -> list[OptionDoc]:
         else:
             value = f.default_value()
             default = "none" if value is None else _default(value)
-        out.append(OptionDoc(key, f.spec.type_doc or describe_type(f.type), default, f.spec.doc))
+        shown = f.spec.type_doc or describe_type(f.type)
+        constraint = getattr(f.spec.check, "doc", None)
+        out.append(OptionDoc(key, f"{shown} {constraint}" if constraint else shown, default, f.spec.doc))
         nested = _nested(f.type)
         if nested is not None:
             cls_, pattern = nested
@@ -67,13 +71,40 @@ def _nested(tp: Any) -> tuple[type, str] | None:
     return None
 
 
+def _cell(value: str) -> str:
+    return value.replace("|", "\\|")
+
+
 def markdown_table(cls: type) -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for d in describe(cls):
-        rows.append(
-            f"| `{d.key}` | {d.type} | {d.default if d.default in ('required', 'none') else f'`{d.default}`'} | {d.doc} |"
-        )
+        default = d.default if d.default in ("required", "none") else f"`{d.default}`"
+        rows.append(f"| `{d.key}` | {_cell(d.type)} | {_cell(default)} | {_cell(d.doc)} |")
     return "\n".join(rows)
+
+
+_BLOCK = re.compile(r"(<!-- options: (?P<target>[\w.]+) -->\n)(?P<body>.*?)(<!-- /options -->)", re.DOTALL)
+
+
+def update_markdown(text: str) -> str:
+    """Every ``<!-- options: module.Class -->`` ... ``<!-- /options -->`` block regenerated from the class."""
+
+    def render(match: re.Match[str]) -> str:
+        module, _, name = match.group("target").rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return f"{match.group(1)}{markdown_table(cls)}\n{match.group(4)}"
+
+    return _BLOCK.sub(render, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.options.docs FILE...``: regenerate the option tables in place."""
+    import sys
+
+    for name in argv if argv is not None else sys.argv[1:]:
+        path = Path(name)
+        path.write_text(update_markdown(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
 
 
 def text(cls: type) -> str:
@@ -83,3 +114,7 @@ def text(cls: type) -> str:
         lines.append(f"{d.key}  ({d.type}; {'required' if d.default == 'required' else 'default ' + d.default})")
         lines.append(f"    {d.doc}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
