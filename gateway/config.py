@@ -51,13 +51,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @options
 class GatewaySection:
     mode: Literal["test", "production"] = option(
-        "test",
+        default="test",
         doc="Production refuses test messages (`test-message-in-production`), and plugins refuse test keys "
         "and self-signed certificates.",
     )
-    data_dir: Path = option(Path("var"), doc="Base of the default store and blob paths.")
+    data_dir: Path = option(default=Path("var"), doc="Base of the default store and blob paths.")
     instance_id: str | None = option(
-        None,
+        default=None,
         doc="Prefix of this instance's worker name in leases and the audit trail (`actor`); set it when several "
         "instances share one database.",
     )
@@ -66,16 +66,16 @@ class GatewaySection:
 @options
 class StoreSection:
     backend: Literal["sqlite", "postgresql"] = option(
-        "sqlite",
+        default="sqlite",
         doc="SQLite: one file, WAL with group commit, for one instance. PostgreSQL: several instances on one database.",
     )
-    path: Path = option(_DEFAULT_DB, doc="SQLite database file.", default_doc="<data_dir>/gateway.db")
+    path: Path = option(default=_DEFAULT_DB, doc="SQLite database file.", default_doc="<data_dir>/gateway.db")
     dsn: SecretRef | None = option(
-        None,
+        default=None,
         doc="PostgreSQL connection string (required for `postgresql`; it contains the password, so it is a secret).",
     )
     blob_dir: Path = option(
-        _DEFAULT_BLOBS,
+        default=_DEFAULT_BLOBS,
         doc="Payload parts (data, attachments) as content-addressed files.",
         default_doc="<data_dir>/blobs",
     )
@@ -93,25 +93,27 @@ def _port(value: int) -> str | None:
 
 @options
 class HttpSection:
-    host: str = option("127.0.0.1", doc="Listen address. Use `0.0.0.0` in a container.")
-    port: int = option(8480, doc="Listen port (`gateway run --port` overrides it).", check=_port)
+    host: str = option(default="127.0.0.1", doc="Listen address. Use `0.0.0.0` in a container.")
+    port: int = option(default=8480, doc="Listen port (`gateway run --port` overrides it).", check=_port)
     max_body_bytes: int = option(
-        20 * 1024 * 1024, doc="Largest request body (413 `payload-too-large` above).", check=positive
+        default=20 * 1024 * 1024, doc="Largest request body (413 `payload-too-large` above).", check=positive
     )
     admin_token: SecretRef | None = option(
-        None, doc="Bearer token for `/admin/*`. Without it the admin API answers 403."
+        default=None, doc="Bearer token for `/admin/*`. Without it the admin API answers 403."
     )
     drain_seconds: float = option(
-        30.0, doc="On shutdown, how long open HTTP requests may take to finish.", check=non_negative
+        default=30.0, doc="On shutdown, how long open HTTP requests may take to finish.", check=non_negative
     )
     tls_cert: Path | None = option(
-        None, doc="PEM certificate chain: with `tls_key` the server speaks **HTTPS** only (TLS ≥ 1.2).", check=is_file
+        default=None,
+        doc="PEM certificate chain: with `tls_key` the server speaks **HTTPS** only (TLS ≥ 1.2).",
+        check=is_file,
     )
     tls_key: Path | None = option(
-        None, doc="PEM private key of `tls_cert` (a file readable by the gateway user only).", check=is_file
+        default=None, doc="PEM private key of `tls_cert` (a file readable by the gateway user only).", check=is_file
     )
     client_ca: Path | None = option(
-        None,
+        default=None,
         doc="PEM CA certificate(s) for **client certificates** (mutual TLS, `CERT_OPTIONAL`). Requires "
         "`tls_cert`/`tls_key`; what a certificate may do is decided by the channel.",
         check=is_file,
@@ -131,44 +133,46 @@ def _level(value: str) -> str | None:
 
 @options
 class LoggingSection:
-    format: Literal["json", "console"] = option("json", doc="One JSON object per line (production), or human-readable.")
-    level: str = option("info", doc="Minimum level: `debug`, `info`, `warning` or `error`.", check=_level)
+    format: Literal["json", "console"] = option(
+        default="json", doc="One JSON object per line (production), or human-readable."
+    )
+    level: str = option(default="info", doc="Minimum level: `debug`, `info`, `warning` or `error`.", check=_level)
 
 
 @options
 class PluginsSection:
     allow: tuple[str, ...] = option(
-        (),
+        default=(),
         doc="Load only these entry-point plugins (by entry-point name); empty: all. A name that is not installed "
         "stops startup.",
     )
-    block: tuple[str, ...] = option((), doc="Never load (never import) these entry-point plugins.")
+    block: tuple[str, ...] = option(default=(), doc="Never load (never import) these entry-point plugins.")
 
 
 @options
 class DeliverySection:
     lease_seconds: float = option(
-        120.0,
+        default=120.0,
         doc="A worker's claim on a message, renewed every third of it; if the process dies the message is "
         "delivered again after it expires (at least once).",
         check=positive,
     )
-    poll_interval: float = option(0.5, doc="How often an idle worker looks for due messages.", check=positive)
+    poll_interval: float = option(default=0.5, doc="How often an idle worker looks for due messages.", check=positive)
     batch_size: int = option(
-        32, doc="Reserved (a worker claims up to each adapter's free `concurrency`).", check=positive
+        default=32, doc="Reserved (a worker claims up to each adapter's free `concurrency`).", check=positive
     )
     shutdown_grace: float = option(
-        20.0,
+        default=20.0,
         doc="On shutdown, how long in-flight deliveries may finish before their leases are released.",
         check=non_negative,
     )
     ack_retry_initial: float = option(
-        5.0,
+        default=5.0,
         doc="First retry of a failed upstream acknowledgement (accept/reject); doubles per attempt.",
         check=positive,
     )
     ack_retry_max: float = option(
-        3600.0,
+        default=3600.0,
         doc="Slowest retry pace of acknowledgements (also when upstream refuses one permanently).",
         check=positive,
     )
@@ -177,10 +181,10 @@ class DeliverySection:
 @options(kw_only=False)
 class RetryPolicy:
     name: str = ""  # the table's key
-    max_attempts: int = option(12, doc="Attempts in total, the first included.", check=positive)
-    initial_delay: float = option(2.0, doc="Backoff ceiling after the first failure (seconds).", check=positive)
-    max_delay: float = option(900.0, doc="Largest wait between attempts (seconds).", check=positive)
-    max_age: float = option(3 * 86400.0, doc="Give up (dead letter) after this long (seconds).", check=positive)
+    max_attempts: int = option(default=12, doc="Attempts in total, the first included.", check=positive)
+    initial_delay: float = option(default=2.0, doc="Backoff ceiling after the first failure (seconds).", check=positive)
+    max_delay: float = option(default=900.0, doc="Largest wait between attempts (seconds).", check=positive)
+    max_age: float = option(default=3 * 86400.0, doc="Give up (dead letter) after this long (seconds).", check=positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +227,12 @@ def _instances(raw: Any, at: At) -> Any:
 @options
 class RoutingSection:
     fallback: str | None = option(
-        None,
+        default=None,
         doc="The route for messages that match no rule. Without it they are **rejected** (`no-route`; upstream "
         "is told).",
     )
     test_route: str | None = option(
-        None,
+        default=None,
         doc="Test messages go here, before any rule. In `production` mode test messages are rejected whatever "
         "is configured.",
     )

@@ -3,7 +3,8 @@
 Conventions (see docs/hooks.md, which a test keeps in step with this module):
 
 * all hooks are prefixed ``gateway_``; a channel package may add hooks of its own (a module of
-  ``@hookspec`` functions named by its plugin module's ``HOOKSPECS``, e.g. the XÖV channel's ``gateway_xoev_identify``); pluggy validates implementations against these specs, and
+  ``@hookspec`` functions named by its plugin module's ``HOOKSPECS``, e.g. the XÖV channel's
+  ``gateway_xoev_identify``); pluggy validates implementations against these specs, and
   :meth:`gateway.plugins.PluginHost.check_pending` refuses unknown ``gateway_*`` hooks at startup;
 * hooks marked *firstresult* answer "who handles this": the first non-``None`` result wins;
 * **async convention**: a hook implementation may return an awaitable instead of a value; the host

@@ -161,8 +161,9 @@ class PluginHost:
         for impl in self.pm.hook.gateway_subsystem_types.get_hookimpls():
             for subsystem_type in cast("Sequence[SubsystemType]", impl.function()):
                 if subsystem_type.name in self.subsystem_types:
+                    second = impl.plugin_name
                     raise ConfigError(
-                        f"subsystem type {subsystem_type.name!r} is provided by two plugins (second: {impl.plugin_name})"
+                        f"subsystem type {subsystem_type.name!r} is provided by two plugins (second: {second})"
                     )
                 self.subsystem_types[subsystem_type.name] = subsystem_type
         self.infos = [

@@ -72,7 +72,7 @@ def _glob_problem(pattern: str) -> str | None:
     return None
 
 
-def _glob(value: str | None) -> str | None:
+def _glob_check(value: str | None) -> str | None:
     return _glob_problem(value) if value else None
 
 
@@ -87,26 +87,32 @@ def _no_glob(what: str) -> Any:
 
 @options(kw_only=False)
 class RouteMatch:
-    service: str | None = option(None, doc="The service id (LeiKa/FIM URN): exact or a glob.", check=_glob)
+    service: str | None = option(
+        default=None, doc="The service id (LeiKa/FIM URN): exact or a glob.", check=_glob_check
+    )
     region: str | None = option(
-        None,
+        default=None,
         doc="The ARS/AGS: **prefix** (`09162` matches `091620000000`; a leading `DE` is ignored).",
         check=_no_glob("region is a prefix of the ARS/AGS"),
     )
     destination: str | None = option(
-        None,
+        default=None,
         doc="FIT-Connect destination id / XÖV reader id: exact, case-insensitive.",
         check=_no_glob("destination is matched exactly"),
     )
-    message_type: str | None = option(None, doc="e.g. `baugenehmigung.antrag.0200`: exact or a glob.", check=_glob)
+    message_type: str | None = option(
+        default=None, doc="e.g. `baugenehmigung.antrag.0200`: exact or a glob.", check=_glob_check
+    )
     namespace: str | None = option(
-        None, doc="XML namespace / JSON schema URI of the data: exact or a glob.", check=_glob
+        default=None, doc="XML namespace / JSON schema URI of the data: exact or a glob.", check=_glob_check
     )
     source: str | None = option(
-        None, doc="The `[sources.NAME]` it came through: exact (must be declared) or a glob.", check=_glob
+        default=None, doc="The `[sources.NAME]` it came through: exact (must be declared) or a glob.", check=_glob_check
     )
-    sender: str | None = option(None, doc="Authenticated sender / author authority id: exact or a glob.", check=_glob)
-    test: bool | None = option(None, doc="The message's test flag.")
+    sender: str | None = option(
+        default=None, doc="Authenticated sender / author authority id: exact or a glob.", check=_glob_check
+    )
+    test: bool | None = option(default=None, doc="The message's test flag.")
 
     @property
     def catch_all(self) -> bool:
@@ -121,9 +127,9 @@ class Route:
         doc="Every key given must match (see below); without it the rule matches everything.",
         default_factory=RouteMatch,
     )
-    retry: str = option("default", doc="A `[retry.NAME]` policy.")
+    retry: str = option(default="default", doc="A `[retry.NAME]` policy.")
     signature: Literal["required", "optional", "ignored"] = option(
-        "ignored",
+        default="ignored",
         doc='What this route needs of the signature the channel recorded (`metadata["signature"]`): '
         "`required` → only a valid one, `optional` → absent or valid, `ignored` → no check.",
     )

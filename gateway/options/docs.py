@@ -65,9 +65,9 @@ def _nested(tp: Any) -> tuple[type, str] | None:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (list, tuple) and args and is_options_class(args[0]):
         return args[0], "[]"
-    if origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, Any]):
-        if args and is_options_class(args[-1]):
-            return args[-1], ".<name>"
+    mapping = origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, Any])
+    if mapping and args and is_options_class(args[-1]):
+        return args[-1], ".<name>"
     return None
 
 

@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _FAILED = object()
-_TOML_TYPE = {dict: "table", list: "list"}
+_TOML_TYPE: dict[type[Any], str] = {dict: "table", list: "list"}
 
 
 def join(base: str, key: str | int) -> str:

@@ -36,8 +36,8 @@ class OptionSpec:
 
 @overload
 def option(
-    default: T,
     *,
+    default: T,
     doc: str,
     check: Callable[[Any], str | None] | None = ...,
     parse: Callable[[Any, Any], Any] | None = ...,
@@ -62,8 +62,8 @@ def option(
 
 
 def option(
-    default: Any = dataclasses.MISSING,
     *,
+    default: Any = dataclasses.MISSING,
     doc: str,
     check: Callable[[Any], str | None] | None = None,
     parse: Callable[[Any, Any], Any] | None = None,
@@ -97,7 +97,7 @@ def options(cls: Any = None, /, *, kw_only: bool = True) -> Any:
     they need a default."""
 
     def wrap(cls: C) -> C:
-        return dataclass(frozen=True, kw_only=kw_only)(cls)
+        return typing.cast("C", dataclass(frozen=True, kw_only=kw_only)(cls))
 
     return wrap if cls is None else wrap(cls)
 

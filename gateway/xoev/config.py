@@ -157,8 +157,10 @@ class BundleOptions:
     name: str = option(doc="The bundle's name (letters, digits, `.`, `_`, `-`; at most 64).", check=_name)
     dir: Path = option(doc="Directory of the XSDs (kept byte-identical to upstream).", check=_existing_dir)
     entries: tuple[str, ...] = option(doc="Entry schemas, relative to `dir`.", check=non_empty)
-    samples: tuple[str, ...] = option((), doc="Glob patterns (relative to `dir`) of documents that must validate.")
-    invalid_samples: tuple[str, ...] = option((), doc="Glob patterns of documents that must NOT validate.")
+    samples: tuple[str, ...] = option(
+        default=(), doc="Glob patterns (relative to `dir`) of documents that must validate."
+    )
+    invalid_samples: tuple[str, ...] = option(default=(), doc="Glob patterns of documents that must NOT validate.")
     locations: dict[str, str] = option(
         doc="`schemaLocation` as written in an XSD (usually a remote URL) = local file relative to `dir`.",
         default_factory=dict,
@@ -219,29 +221,29 @@ class SigningOptions:
 @options
 class XoevOptions:
     cache_dir: Path | None = option(
-        Path("var/xoev-cache"),
+        default=Path("var/xoev-cache"),
         doc="On-disk cache of compiled schema indexes; `false` disables it.",
         parse=_cache_dir,
         type_doc="path or false",
     )
-    max_bytes: int = option(20_000_000, doc="Largest XML document (bytes).", check=positive)
-    max_depth: int = option(256, doc="Deepest element nesting.", check=positive)
-    max_elements: int = option(500_000, doc="Most elements in one document.", check=positive)
-    max_attribute_chars: int = option(65_536, doc="Longest attribute value.", check=positive)
-    max_text_chars: int = option(10_000_000, doc="Longest text node.", check=positive)
-    max_issues: int = option(50, doc="Validation issues reported per document.", check=positive)
-    workers: int = option(2, doc="Validation worker processes.", check=positive)
+    max_bytes: int = option(default=20_000_000, doc="Largest XML document (bytes).", check=positive)
+    max_depth: int = option(default=256, doc="Deepest element nesting.", check=positive)
+    max_elements: int = option(default=500_000, doc="Most elements in one document.", check=positive)
+    max_attribute_chars: int = option(default=65_536, doc="Longest attribute value.", check=positive)
+    max_text_chars: int = option(default=10_000_000, doc="Longest text node.", check=positive)
+    max_issues: int = option(default=50, doc="Validation issues reported per document.", check=positive)
+    workers: int = option(default=2, doc="Validation worker processes.", check=positive)
     validate_timeout: float = option(
-        30.0, doc="Seconds per document, then the worker is killed and replaced.", check=positive
+        default=30.0, doc="Seconds per document, then the worker is killed and replaced.", check=positive
     )
-    bundles: tuple[BundleOptions, ...] = option((), doc="Schema bundles (`[[xoev.bundles]]`).")
+    bundles: tuple[BundleOptions, ...] = option(default=(), doc="Schema bundles (`[[xoev.bundles]]`).")
     trusted_certs: tuple[bytes, ...] = option(
-        (),
+        default=(),
         doc="Certificates (PEM or DER files) whose XML signatures are trusted (pinned by SHA-256 fingerprint).",
         parse=_trusted_certs,
         type_doc="list of path",
     )
-    signing: SigningOptions | None = option(None, doc="Outbound signing: `key` (secret) and `cert`.")
+    signing: SigningOptions | None = option(default=None, doc="Outbound signing: `key` (secret) and `cert`.")
 
     def finish(self, at: At) -> XoevConfig:
         bundles = typing.cast("tuple[BundleConfig, ...]", self.bundles)

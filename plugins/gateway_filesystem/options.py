@@ -27,7 +27,7 @@ def _mode(owner_bits: int) -> Any:
             raise ConfigError("must be between 0 and 0o777 (no setuid/setgid/sticky bits)")
         if raw & owner_bits != owner_bits:
             raise ConfigError(f"must grant the owner at least {owner_bits:o} (the gateway has to manage it)")
-        return raw
+        return int(raw)
 
     return parse
 
@@ -64,21 +64,21 @@ class FilesystemOptions:
         check=can_create,
     )
     layout: Layout = option(
-        Layout.parse(DEFAULT_LAYOUT),
+        default=Layout.parse(DEFAULT_LAYOUT),
         doc="Where in `directory` a message goes, e.g. `{received_date}/{id}` (the last segment must be `{id}`).",
         parse=_layout,
         type_doc="string",
         default_doc=f'"{DEFAULT_LAYOUT}"',
     )
-    fsync: bool = option(True, doc="fsync files and directories before a delivery counts as done.")
+    fsync: bool = option(default=True, doc="fsync files and directories before a delivery counts as done.")
     dir_mode: int | None = option(
-        None,
+        default=None,
         doc="Mode of created directories (octal string or integer); default: the umask's.",
         parse=_mode(0o700),
         type_doc="octal mode",
     )
     file_mode: int | None = option(
-        None, doc="Mode of written files; default: the umask's.", parse=_mode(0o400), type_doc="octal mode"
+        default=None, doc="Mode of written files; default: the umask's.", parse=_mode(0o400), type_doc="octal mode"
     )
 
 

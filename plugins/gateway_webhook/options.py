@@ -125,15 +125,17 @@ class WebhookAdapterOptions:
         parse=_url,
         type_doc="URL",
     )
-    format: Literal["json", "multipart"] = option("json", doc="Body: one JSON document, or multipart/form-data.")
+    format: Literal["json", "multipart"] = option(
+        default="json", doc="Body: one JSON document, or multipart/form-data."
+    )
     max_inline_bytes: int = option(
-        DEFAULT_MAX_INLINE_BYTES,
+        default=DEFAULT_MAX_INLINE_BYTES,
         doc='Largest message for `format = "json"` (parts are inlined as base64).',
         check=between(1, 1 << 30, what="an integer"),
     )
-    timeout: float = option(DEFAULT_TIMEOUT, doc="Seconds for the whole request.", check=_seconds)
+    timeout: float = option(default=DEFAULT_TIMEOUT, doc="Seconds for the whole request.", check=_seconds)
     connect_timeout: float | None = option(
-        None,
+        default=None,
         doc="Seconds to connect.",
         check=lambda v: _seconds(v) if v is not None else None,
         default_doc=f"min({DEFAULT_CONNECT_TIMEOUT:g}, timeout)",
@@ -144,12 +146,14 @@ class WebhookAdapterOptions:
         parse=_headers,
         type_doc="table of string",
     )
-    auth_token: SecretRef | None = option(None, doc="Bearer token sent as `Authorization`.", check=_bearer)
-    ca_file: Path | None = option(None, doc="Trust only this CA (PEM) for the endpoint's certificate.", check=_exists)
-    client_cert: Path | None = option(None, doc="Client certificate (PEM) for mutual TLS.", check=_exists)
-    client_key: Path | None = option(None, doc="Key of `client_cert` (PEM).", check=_exists)
+    auth_token: SecretRef | None = option(default=None, doc="Bearer token sent as `Authorization`.", check=_bearer)
+    ca_file: Path | None = option(
+        default=None, doc="Trust only this CA (PEM) for the endpoint's certificate.", check=_exists
+    )
+    client_cert: Path | None = option(default=None, doc="Client certificate (PEM) for mutual TLS.", check=_exists)
+    client_key: Path | None = option(default=None, doc="Key of `client_cert` (PEM).", check=_exists)
     max_connections: int = option(
-        DEFAULT_MAX_CONNECTIONS,
+        default=DEFAULT_MAX_CONNECTIONS,
         doc="Open connections to the endpoint at most.",
         check=between(1, 1000, what="an integer"),
     )

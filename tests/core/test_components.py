@@ -26,7 +26,7 @@ EVENTS: list[str] = []
 
 @options
 class PoolOptions:
-    size: int = option(2, doc="Workers in the pool.", check=positive)
+    size: int = option(default=2, doc="Workers in the pool.", check=positive)
 
 
 class Pool:
@@ -47,7 +47,7 @@ class PooledSource(FakeSource):
 
 @options
 class PooledOptions:
-    weight: int = option(1, doc="A weight.")
+    weight: int = option(default=1, doc="A weight.")
 
     def finish(self, at: At) -> PooledOptions:
         if at.ctx.resource("pool", Pool) is None:

@@ -26,9 +26,13 @@ def log_calls() -> list[tuple[str, str]]:
                 receiver = node.func.value
                 name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", "")
                 first = node.args[0] if node.args else None
-                if node.func.attr in LEVELS and "log" in name.lower() and isinstance(first, ast.Constant):
-                    if isinstance(first.value, str):
-                        found.append((f"{path.relative_to(REPO)}:{node.lineno}", first.value))
+                if (
+                    node.func.attr in LEVELS
+                    and "log" in name.lower()
+                    and isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)
+                ):
+                    found.append((f"{path.relative_to(REPO)}:{node.lineno}", first.value))
     return found
 
 

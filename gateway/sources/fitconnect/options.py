@@ -133,7 +133,7 @@ def _semver(values: tuple[str, ...] | None) -> str | None:
 class FitConnectSourceOptions:
     """``[sources.NAME]`` of ``type = "fitconnect"``: one destination."""
 
-    api_profile: str = option("v1", doc="Submission API version: `v1` (OpenAPI 1.1.x) or `v2`.", check=_profile)
+    api_profile: str = option(default="v1", doc="Submission API version: `v1` (OpenAPI 1.1.x) or `v2`.", check=_profile)
     submission_api_url: str = option(
         doc="The Zustelldienst's Submission API base URL (without /v1).", parse=_api_url, type_doc="URL"
     )
@@ -149,40 +149,53 @@ class FitConnectSourceOptions:
     )
     signing_key: Path = option(doc="Private JWK file for SETs (PS512, key_ops [sign]).")
     callback_secret: SecretRef | None = option(
-        None, doc="HMAC secret of callbacks (32-512 characters); without it no callback route.", check=_callback_secret
+        default=None,
+        doc="HMAC secret of callbacks (32-512 characters); without it no callback route.",
+        check=_callback_secret,
     )
     callback_path: str | None = option(
-        None, doc="URL path of the callback route.", check=_callback_path, default_doc="/callbacks/fitconnect/<name>"
+        default=None,
+        doc="URL path of the callback route.",
+        check=_callback_path,
+        default_doc="/callbacks/fitconnect/<name>",
     )
-    poll_interval: float = option(DEFAULT_POLL_INTERVAL, doc="Seconds between polls (±20 % jitter).", check=positive)
+    poll_interval: float = option(
+        default=DEFAULT_POLL_INTERVAL, doc="Seconds between polls (±20 % jitter).", check=positive
+    )
     accept_policy: Literal["delivered", "stored"] = option(
-        "delivered", doc="When to accept upstream: after delivery (safest) or once stored."
+        default="delivered", doc="When to accept upstream: after delivery (safest) or once stored."
     )
     metadata_schema_dirs: tuple[Path, ...] = option(
-        (), doc="Local copies of the FIT-Connect metadata schemas.", check=_dirs
+        default=(), doc="Local copies of the FIT-Connect metadata schemas.", check=_dirs
     )
-    data_schema_dirs: tuple[Path, ...] = option((), doc="Local JSON schemas / XSDs of the services' data.", check=_dirs)
-    trust_anchors: tuple[Path, ...] = option((), doc="PEM root certificates of the Verwaltungs-PKI.")
-    allow_self_signed: bool = option(False, doc="Accept self-signed key certificates (test only).")
+    data_schema_dirs: tuple[Path, ...] = option(
+        default=(), doc="Local JSON schemas / XSDs of the services' data.", check=_dirs
+    )
+    trust_anchors: tuple[Path, ...] = option(default=(), doc="PEM root certificates of the Verwaltungs-PKI.")
+    allow_self_signed: bool = option(default=False, doc="Accept self-signed key certificates (test only).")
     metadata_versions: tuple[str, ...] | None = option(
-        None, doc="Metadata versions accepted.", check=_semver, default_doc="every version found"
+        default=None, doc="Metadata versions accepted.", check=_semver, default_doc="every version found"
     )
-    max_attachment_bytes: int = option(DEFAULT_MAX_ATTACHMENT, doc="Largest attachment.", check=positive)
+    max_attachment_bytes: int = option(default=DEFAULT_MAX_ATTACHMENT, doc="Largest attachment.", check=positive)
     max_inflated_bytes: int | None = option(
-        None,
+        default=None,
         doc="Largest attachment after decompression.",
         check=lambda v: positive(v) if v is not None else None,
         default_doc="max_attachment_bytes",
     )
-    max_data_bytes: int = option(DEFAULT_MAX_DATA, doc="Largest data part.", check=positive)
+    max_data_bytes: int = option(default=DEFAULT_MAX_DATA, doc="Largest data part.", check=positive)
     allow_missing_metadata_schema: bool | None = option(
-        None, doc="Treat metadata without $schema as 1.0.0.", default_doc="true when 1.0.0 is accepted"
+        default=None, doc="Treat metadata without $schema as 1.0.0.", default_doc="true when 1.0.0 is accepted"
     )
-    require_data_schemas: bool = option(True, doc="Reject data whose schema is not in data_schema_dirs.")
-    page_size: int = option(DEFAULT_PAGE_SIZE, doc="Submissions per listing page.", check=between(1, MAX_PAGE_SIZE))
-    max_parallel: int = option(DEFAULT_PARALLEL, doc="Submissions received at the same time.", check=between(1, 64))
+    require_data_schemas: bool = option(default=True, doc="Reject data whose schema is not in data_schema_dirs.")
+    page_size: int = option(
+        default=DEFAULT_PAGE_SIZE, doc="Submissions per listing page.", check=between(1, MAX_PAGE_SIZE)
+    )
+    max_parallel: int = option(
+        default=DEFAULT_PARALLEL, doc="Submissions received at the same time.", check=between(1, 64)
+    )
     request_timeout: float = option(
-        DEFAULT_REQUEST_TIMEOUT,
+        default=DEFAULT_REQUEST_TIMEOUT,
         doc="Seconds per Submission API call.",
         check=lambda v: None if v > 0 else "must be > 0 (seconds)",
     )

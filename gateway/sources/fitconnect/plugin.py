@@ -1,4 +1,7 @@
-"""Registers the ``fitconnect`` source type, its subsystem and ``gateway keys`` (a built-in plugin: entry-point group ``gateway.builtin``)."""
+"""Registers the ``fitconnect`` source type, its subsystem and ``gateway keys``.
+
+A built-in plugin: entry-point group ``gateway.builtin`` (pyproject.toml).
+"""
 
 from __future__ import annotations
 

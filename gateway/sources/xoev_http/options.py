@@ -71,17 +71,19 @@ def _token_length(ref: SecretRef | None) -> str | None:
 @options
 class SenderOptions:
     token: SecretRef | None = option(
-        None,
+        default=None,
         doc=f"Bearer token of this sender (a secret reference, at least {MIN_TOKEN_CHARS} characters).",
         check=_token_length,
     )
     client_certificates: frozenset[str] = option(
-        frozenset(),
+        default=frozenset(),
         doc="SHA-256 fingerprints (`sha256:AB:CD:…`) of the sender's client certificates (mutual TLS).",
         parse=_fingerprints,
         type_doc="list of string",
     )
-    authors: frozenset[str] = option(frozenset(), doc="Author authority ids this sender may send for (empty: any).")
+    authors: frozenset[str] = option(
+        default=frozenset(), doc="Author authority ids this sender may send for (empty: any)."
+    )
 
     def finish(self, at: At) -> SenderConfig:
         if self.token is None and not self.client_certificates:
@@ -99,7 +101,7 @@ def _path(value: str) -> str | None:
 @options
 class XoevHttpSourceOptions:
     path: str | None = option(
-        None,
+        default=None,
         doc="The URL path senders POST to.",
         check=lambda v: _path(v) if v is not None else None,
         default_doc="/xoev/<source name>/messages",
@@ -110,18 +112,18 @@ class XoevHttpSourceOptions:
         check=lambda v: None if v else 'is required: a table of sender id = { token = { file = "..." } ... }',
     )
     max_body_bytes: int | None = option(
-        None,
+        default=None,
         doc="Largest request body.",
         check=lambda v: None if v is None or v >= 1 else "must be >= 1",
         default_doc="[http] max_body_bytes",
     )
     max_attachments: int = option(
-        DEFAULT_MAX_ATTACHMENTS,
+        default=DEFAULT_MAX_ATTACHMENTS,
         doc="Most attachments in one multipart request.",
         check=lambda v: None if v >= 0 else "must be >= 0",
     )
-    accept_test_messages: bool = option(True, doc="Accept messages marked as test messages.")
-    store_decoded: bool = option(True, doc="Also store the decoded JSON of the message as a part.")
+    accept_test_messages: bool = option(default=True, doc="Accept messages marked as test messages.")
+    store_decoded: bool = option(default=True, doc="Also store the decoded JSON of the message as a part.")
 
     def finish(self, at: At) -> XoevHttpOptions:
         from gateway.http.paths import HttpPaths

@@ -95,29 +95,35 @@ class ClientConfig:
 
 @options
 class Limits:
-    max_attachment_bytes: int = option(500 * MIB, doc="FIT-Connect: 500 MB per encrypted attachment.", check=positive)
-    max_submit_bytes: int = option(64 * MIB, doc="PUT /v1/submissions/{id} (metadata + data JWEs).", check=positive)
-    max_json_bytes: int = option(1 * MIB, doc="Other JSON requests.", check=positive)
-    max_event_bytes: int = option(256 * 1024, doc="POST /v1/cases/{id}/events.", check=positive)
-    max_attachments: int = option(100, doc="Attachments per submission.", check=positive)
-    max_set_skew: int = option(300, doc="Seconds an incoming SET's iat may lie in the future.", check=positive)
+    max_attachment_bytes: int = option(
+        default=500 * MIB, doc="FIT-Connect: 500 MB per encrypted attachment.", check=positive
+    )
+    max_submit_bytes: int = option(
+        default=64 * MIB, doc="PUT /v1/submissions/{id} (metadata + data JWEs).", check=positive
+    )
+    max_json_bytes: int = option(default=1 * MIB, doc="Other JSON requests.", check=positive)
+    max_event_bytes: int = option(default=256 * 1024, doc="POST /v1/cases/{id}/events.", check=positive)
+    max_attachments: int = option(default=100, doc="Attachments per submission.", check=positive)
+    max_set_skew: int = option(default=300, doc="Seconds an incoming SET's iat may lie in the future.", check=positive)
 
 
 @options
 class Periods:
-    incomplete_deletion: float = option(86400.0, doc="Incomplete submissions are deleted after this.", check=positive)
-    auto_reject: float = option(
-        14 * 86400.0, doc="Submitted but not accepted/rejected: rejected after.", check=positive
+    incomplete_deletion: float = option(
+        default=86400.0, doc="Incomplete submissions are deleted after this.", check=positive
     )
-    sweep_interval: float = option(1.0, doc="How often the timers look (real seconds).", check=positive)
+    auto_reject: float = option(
+        default=14 * 86400.0, doc="Submitted but not accepted/rejected: rejected after.", check=positive
+    )
+    sweep_interval: float = option(default=1.0, doc="How often the timers look (real seconds).", check=positive)
 
 
 @options
 class CallbackPolicy:
-    max_attempts: int = option(5, doc="Delivery attempts per callback.", check=positive)
-    initial_delay: float = option(1.0, doc="Real seconds; doubled per attempt.", check=positive)
-    max_delay: float = option(60.0, doc="Largest wait between attempts.", check=positive)
-    timeout: float = option(10.0, doc="Seconds per attempt.", check=positive)
+    max_attempts: int = option(default=5, doc="Delivery attempts per callback.", check=positive)
+    initial_delay: float = option(default=1.0, doc="Real seconds; doubled per attempt.", check=positive)
+    max_delay: float = option(default=60.0, doc="Largest wait between attempts.", check=positive)
+    timeout: float = option(default=10.0, doc="Seconds per attempt.", check=positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +144,9 @@ class SandboxConfig:
     check_jwe_profile: bool = False
     # "v1" is OpenAPI 1.1.3; "v2" the profile of digest §2.10 (third-party evidence), see profiles.py.
     api_versions: tuple[str, ...] = ("v1", "v2")
-    limits: Limits = Limits()
-    periods: Periods = Periods()
-    callbacks: CallbackPolicy = CallbackPolicy()
+    limits: Limits = field(default_factory=Limits)
+    periods: Periods = field(default_factory=Periods)
+    callbacks: CallbackPolicy = field(default_factory=CallbackPolicy)
     source: str = "<code>"
 
     def validate(self) -> None:
@@ -305,7 +311,7 @@ class ContactOptions:
     address: str = option(doc="Postal address.")
     phone: str = option(doc="Phone.")
     email: str = option(doc="E-mail.")
-    unit: str | None = option(None, doc="Unit.")
+    unit: str | None = option(default=None, doc="Unit.")
 
     def finish(self, at: At) -> dict[str, str]:
         contact = {"legalName": self.legal_name, "address": self.address, "phone": self.phone, "email": self.email}
@@ -315,25 +321,27 @@ class ContactOptions:
 @options
 class DestinationOptions:
     id: str = option(doc="Destination id (UUID).", parse=_uuid)
-    status: str = option("active", doc="Destination status.", check=_one_of(DESTINATION_STATUSES))
+    status: str = option(default="active", doc="Destination status.", check=_one_of(DESTINATION_STATUSES))
     services: tuple[ServiceOptions, ...] = option(
         doc="Services.", check=lambda v: None if v else "at least one service is required"
     )
-    metadata_versions: tuple[str, ...] = option(("1.0.0",), doc="Metadata versions.", parse=_strings, check=_versions)
+    metadata_versions: tuple[str, ...] = option(
+        default=("1.0.0",), doc="Metadata versions.", parse=_strings, check=_versions
+    )
     encryption_keys: tuple[dict[str, Any], ...] = option(
         doc="Public encryption JWK files.",
         parse=_jwk_files("encryption"),
         hint="at least one public encryption JWK file",
     )
-    encryption_kid: str = option("", doc="kid of the key senders encrypt to (default: the first).")
+    encryption_kid: str = option(default="", doc="kid of the key senders encrypt to (default: the first).")
     signing_keys: tuple[dict[str, Any], ...] = option(
         doc="Public signing JWK files.", parse=_jwk_files("signing"), hint="at least one public signing JWK file"
     )
-    callback: CallbackOptions | None = option(None, doc="Callback URL and secret.")
+    callback: CallbackOptions | None = option(default=None, doc="Callback URL and secret.")
     contact_information: ContactOptions = option(
         doc="legal_name, address, phone, email (and unit).", hint="legal_name, address, phone, email"
     )
-    reply_channels: dict[str, Any] | None = option(None, doc="The destination's replyChannels (as in the API).")
+    reply_channels: dict[str, Any] | None = option(default=None, doc="The destination's replyChannels (as in the API).")
 
     def finish(self, at: At) -> DestinationConfig:
         kid = self.encryption_kid or self.encryption_keys[0]["kid"]
@@ -376,8 +384,8 @@ def _links(raw: Any, at: At) -> Any:
 class ClientOptions:
     id: str = option(doc="OAuth client id.", check=lambda v: None if v else "is required")
     secret: str = option(doc="OAuth client secret (inline allowed: test material).", parse=_secret)
-    scopes: tuple[str, ...] = option((), doc="Scopes of the client.", parse=_strings, check=_scopes)
-    destinations: tuple[str, ...] = option((), doc="Destinations URI-style scopes apply to.", parse=_links)
+    scopes: tuple[str, ...] = option(default=(), doc="Scopes of the client.", parse=_strings, check=_scopes)
+    destinations: tuple[str, ...] = option(default=(), doc="Destinations URI-style scopes apply to.", parse=_links)
 
     def finish(self, at: At) -> ClientConfig:
         return ClientConfig(self.id, self.secret, self.scopes, self.destinations)
@@ -398,15 +406,19 @@ def _base_url(value: str | None) -> str | None:
 
 @options
 class SandboxOptions:
-    base_url: str | None = option(None, doc="iss of ZSD-issued SETs (default http://<host>:<port>).", check=_base_url)
-    state_dir: Path | None = option(None, doc="Persist the state here (default: in memory).")
-    signing_key_file: Path | None = option(None, doc="PEM signing key of the ZSD (default: generated).")
-    token_lifetime: int = option(1800, doc="Seconds an access token lives.", check=positive)
-    allow_insecure_callbacks: bool = option(False, doc="Allow http:// callback URLs.")
-    inspection_api: bool = option(True, doc="Serve the inspection API.")
-    verify_accept_tags: bool = option(True, doc="accept-submission must carry the recorded authenticationTags.")
-    check_jwe_profile: bool = option(False, doc="Refuse JWEs outside the FIT-Connect profile.")
-    api_versions: tuple[str, ...] = option(("v1", "v2"), doc="Submission API versions served.", parse=_api_versions)
+    base_url: str | None = option(
+        default=None, doc="iss of ZSD-issued SETs (default http://<host>:<port>).", check=_base_url
+    )
+    state_dir: Path | None = option(default=None, doc="Persist the state here (default: in memory).")
+    signing_key_file: Path | None = option(default=None, doc="PEM signing key of the ZSD (default: generated).")
+    token_lifetime: int = option(default=1800, doc="Seconds an access token lives.", check=positive)
+    allow_insecure_callbacks: bool = option(default=False, doc="Allow http:// callback URLs.")
+    inspection_api: bool = option(default=True, doc="Serve the inspection API.")
+    verify_accept_tags: bool = option(default=True, doc="accept-submission must carry the recorded authenticationTags.")
+    check_jwe_profile: bool = option(default=False, doc="Refuse JWEs outside the FIT-Connect profile.")
+    api_versions: tuple[str, ...] = option(
+        default=("v1", "v2"), doc="Submission API versions served.", parse=_api_versions
+    )
     limits: Limits = option(doc="Request and upload limits.", default_factory=Limits)
     periods: Periods = option(doc="Deletion and auto-reject periods.", default_factory=Periods)
     callbacks: CallbackPolicy = option(doc="Callback delivery policy.", default_factory=CallbackPolicy)
@@ -415,8 +427,8 @@ class SandboxOptions:
 @options
 class SandboxFile:
     sandbox: SandboxOptions = option(doc="The sandbox itself.", default_factory=SandboxOptions)
-    destinations: tuple[DestinationOptions, ...] = option((), doc="`[[destinations]]`.")
-    clients: tuple[ClientOptions, ...] = option((), doc="`[[clients]]`.")
+    destinations: tuple[DestinationOptions, ...] = option(default=(), doc="`[[destinations]]`.")
+    clients: tuple[ClientOptions, ...] = option(default=(), doc="`[[clients]]`.")
 
 
 def parse_config(raw: Mapping[str, Any], *, file: Path) -> SandboxConfig:
