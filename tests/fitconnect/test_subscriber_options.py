@@ -74,6 +74,26 @@ def options(tmp_path: Path, metadata_dir: Path, **changes: Any) -> dict[str, Any
     return {k: v for k, v in base.items() if v is not None}
 
 
+ADAPTER_TOML = '[adapters.fs]\ntype = "filesystem"\ndirectory = "out"\n[[routes]]\nname = "all"\nadapter = "fs"\n'
+
+
+def source_toml(name: str, destination: str, metadata_dir: Path) -> str:
+    """``[sources.NAME]`` of a fitconnect source with the sandbox keys (client secret: client.secret)."""
+    keys = sandbox_keys()
+    return f"""[sources.{name}]
+type = "fitconnect"
+submission_api_url = "https://zsd.example.org"
+token_url = "https://auth.example.org/token"
+client_id = "x-{name}"
+client_secret = {{ file = "client.secret" }}
+destination_id = "{destination}"
+decryption_keys = ["{keys.encryption_private}"]
+signing_key = "{keys.signing_private}"
+allow_self_signed = true
+metadata_schema_dirs = ["{metadata_dir}"]
+"""
+
+
 def refused(tmp_path: Path, raw: dict[str, Any], *, production: bool = False) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse_options(context(tmp_path, production=production), raw)
@@ -222,26 +242,7 @@ def test_callback_route_only_with_a_secret(tmp_path: Path, fitconnect_shared: Pa
 def test_errors_are_located_in_gateway_toml(tmp_path: Path, fitconnect_shared: Path) -> None:
     (tmp_path / "client.secret").write_text("s3cret")
     (tmp_path / "gateway.toml").write_text(
-        f"""
-[adapters.fs]
-type = "filesystem"
-directory = "out"
-[[routes]]
-name = "all"
-adapter = "fs"
-[sources.bauamt]
-type = "fitconnect"
-submission_api_url = "https://zsd.example.org"
-token_url = "https://auth.example.org/token"
-client_id = "x"
-client_secret = {{ file = "client.secret" }}
-destination_id = "{DEST}"
-decryption_keys = ["{sandbox_keys().encryption_private}"]
-signing_key = "{sandbox_keys().signing_private}"
-allow_self_signed = true
-metadata_schema_dirs = ["{fitconnect_shared}"]
-poll_interval = -1
-"""
+        ADAPTER_TOML + source_toml("bauamt", DEST, fitconnect_shared) + "poll_interval = -1\n"
     )
     (tmp_path / "out").mkdir()
     with pytest.raises(ConfigErrors) as info:
@@ -272,26 +273,12 @@ def test_shared_key_files_and_schemas_are_loaded_once(tmp_path: Path, fitconnect
 
     (tmp_path / "client.secret").write_text("s3cret")
     sources = "".join(
-        f"""
-[sources.fc{i}]
-type = "fitconnect"
-submission_api_url = "https://zsd.example.org"
-token_url = "https://auth.example.org/token"
-client_id = "x{i}"
-client_secret = {{ file = "client.secret" }}
-destination_id = "00000000-0000-4000-8000-00000000000{i}"
-decryption_keys = ["{sandbox_keys().encryption_private}"]
-signing_key = "{sandbox_keys().signing_private}"
-allow_self_signed = true
-metadata_schema_dirs = ["{fitconnect_shared}"]
-data_schema_dirs = ["{DEMO_SCHEMAS}"]
-"""
+        source_toml(f"fc{i}", f"00000000-0000-4000-8000-00000000000{i}", fitconnect_shared)
+        + f'data_schema_dirs = ["{DEMO_SCHEMAS}"]\n'
         for i in range(5)
     )
     path = tmp_path / "gateway.toml"
-    path.write_text(
-        '[adapters.fs]\ntype = "filesystem"\ndirectory = "out"\n[[routes]]\nname = "all"\nadapter = "fs"\n' + sources
-    )
+    path.write_text(ADAPTER_TOML + sources)
     plan = plan_file(path)
     assert plan.reader.errors == []
     cache = plan.subsystems["fitconnect"]
