@@ -285,3 +285,19 @@ def test_shared_key_files_and_schemas_are_loaded_once(tmp_path: Path, fitconnect
     assert isinstance(cache, FitConnectSubsystem)
     assert cache.loads == 3  # two key files and one schema set, for five sources
     assert len(plan.sources) == 5
+
+
+async def test_sources_of_one_client_share_its_token_cache(tmp_path: Path, fitconnect_shared: Path) -> None:
+    from dataclasses import replace
+
+    from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+
+    ctx = replace(context(tmp_path), subsystems={"fitconnect": FitConnectSubsystem()})
+    raw = options(tmp_path, fitconnect_shared)
+    first = FitConnectSource(ctx, parse_options(ctx, raw))
+    second = FitConnectSource(replace(ctx, name="fc2"), parse_options(ctx, raw))
+    other = FitConnectSource(ctx, parse_options(ctx, {**raw, "client_id": "another-client"}))
+    assert first.api.tokens is second.api.tokens  # one token for the client, whatever number of destinations
+    assert other.api.tokens is not first.api.tokens
+    for source in (first, second, other):
+        await source.close()

@@ -27,7 +27,7 @@ from gateway.problems import Problem
 from gateway.sources.base import AckOutcome, AckResult, SourceContext
 from gateway.sources.fitconnect.acks import Acknowledger
 from gateway.sources.fitconnect.callback import callback_handler
-from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProvider
+from gateway.sources.fitconnect.client import ApiError, SubmissionApi
 from gateway.sources.fitconnect.eventlog import KeyResolver
 from gateway.sources.fitconnect.options import SubscriberOptions
 from gateway.sources.fitconnect.receiver import DestinationCache, Receiver, Skip
@@ -46,7 +46,8 @@ class FitConnectSource:
 
     def __init__(self, ctx: SourceContext, options: SubscriberOptions) -> None:
         self.ctx = ctx
-        self.metrics = (ctx.subsystem("fitconnect", FitConnectSubsystem) or FitConnectSubsystem()).metrics
+        shared = ctx.subsystem("fitconnect", FitConnectSubsystem) or FitConnectSubsystem()
+        self.metrics = shared.metrics
         self.options = options
         self.name = ctx.name
         self.accept_policy = options.accept_policy
@@ -54,8 +55,8 @@ class FitConnectSource:
             base_url=options.submission_api_url,
             profile=options.profile,
             timeout=options.request_timeout,
-            tokens_for=lambda session: TokenProvider(
-                session, options.token_url, options.client_id, options.client_secret
+            tokens_for=lambda session: shared.token_provider(
+                options.token_url, options.client_id, options.client_secret, session
             ),
         )
         self.keys = KeyResolver(self.api, options.trust_anchors, options.allow_self_signed)

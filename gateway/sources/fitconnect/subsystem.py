@@ -4,6 +4,8 @@
   sources (destinations) name it (a 4096-bit RSA check costs ~0.3 s; 500 sources sharing two key
   files would otherwise spend minutes on the same work);
 * schema sets: the metadata and data schemas of a set of directories are loaded and compiled once;
+* OAuth tokens: sources (destinations) that share a subscriber client share one cached token,
+  instead of each fetching its own;
 * the channel's metrics (polls, ignored callbacks), registered in the gateway's registry.
 
 The caches are keyed by the file's identity and modification time, so an edited key file is read again.
@@ -12,11 +14,13 @@ It has no table of its own yet (``[fitconnect]`` is refused as unknown until it 
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from prometheus_client import Counter
@@ -24,6 +28,7 @@ from prometheus_client import Counter
 from gateway.errors import ConfigError
 from gateway.fitconnect.keys import KeyValidationError, PrivateJWK, Purpose, load_private_jwk, validate_public_jwk
 from gateway.hookspecs import hookimpl
+from gateway.sources.fitconnect.client import TokenProvider
 from gateway.sources.fitconnect.schemas import SchemaIndex, load_schema_index
 from gateway.subsystems import SubsystemContext, SubsystemType
 
@@ -56,15 +61,28 @@ class FitConnectSubsystem:
         self._keys: dict[tuple[str, int, int, int], PrivateJWK | KeyValidationError] = {}
         self._valid: dict[tuple[Any, ...], KeyValidationError | None] = {}
         self._schemas: dict[tuple[Any, ...], SchemaIndex | ConfigError] = {}
+        self._tokens: dict[tuple[str, str, str], TokenProvider] = {}
         self.loads = 0  # key files and schema sets actually loaded (the caches' misses), for tests and the bench
 
     async def start(self) -> None:
         """Nothing to start: everything was loaded and checked while the options were read."""
 
     async def stop(self) -> None:
+        self._tokens.clear()
         self._keys.clear()
         self._valid.clear()
         self._schemas.clear()
+
+    def token_provider(
+        self, token_url: str, client_id: str, client_secret: str, session: Callable[[], aiohttp.ClientSession]
+    ) -> TokenProvider:
+        """The token cache of this client (one per token URL, client id and secret); the first source's
+        session factory fetches for all of them (it reopens a closed session)."""
+        key = (token_url, client_id, hashlib.sha256(client_secret.encode("utf-8")).hexdigest())
+        provider = self._tokens.get(key)
+        if provider is None:
+            provider = self._tokens[key] = TokenProvider(session, token_url, client_id, client_secret)
+        return provider
 
     def private_key(self, path: Path) -> PrivateJWK:
         """The JWK in ``path``; raises KeyValidationError (OSError when it cannot be read)."""
