@@ -163,3 +163,16 @@ def test_runtime_refuses_unknown_subsystem_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as info:
         build_runtime(load_config(write_config(tmp_path, ADAPTER + "[pool]\nsize = -1\n")), plugins=host(PoolPlugin()))
     assert [(e.key, e.reason) for e in info.value.errors] == [("pool.size", "must be > 0")]
+
+
+def test_reading_many_instances_logs_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from structlog.testing import capture_logs
+
+    from gateway import assembly
+
+    monkeypatch.setattr(assembly, "PROGRESS_EVERY", 0.0)  # a line after every instance
+    text = ADAPTER + "[pool]\n" + "".join(f'[sources.s{i}]\ntype = "pooled"\n' for i in range(3))
+    with capture_logs() as logs:
+        plan_file(write_config(tmp_path, text), plugins=host(PoolPlugin()))
+    progress = [(e["section"], e["done"], e["total"]) for e in logs if e["event"] == "config_progress"]
+    assert progress[-3:] == [("sources", 1, 3), ("sources", 2, 3), ("sources", 3, 3)]
