@@ -108,7 +108,7 @@ def _read_subsystems(plan: Plan, ctx: ReadContext) -> None:
             base_dir=ctx.base_dir, production=ctx.production, registry=plan.metrics.registry, hook=plan.plugins.pm.hook
         )
         try:
-            plan.subsystems[name] = stype.create(sctx, options if raw is not None or options is not None else None)
+            plan.subsystems[name] = stype.create(sctx, options)
         except ConfigError as exc:
             plan.reader.error((exc.key and f"{name}.{exc.key}") or name, exc.reason)
 

@@ -39,7 +39,8 @@ class Subsystem(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SubsystemType:
-    """``create(ctx, options)`` gets the read options (None when the table is absent and ``always``)."""
+    """``create(ctx, options)`` gets the read options (the defaults when the table is absent and
+    ``always``; None for a type without ``options``)."""
 
     name: str  # the config table, e.g. "xoev"; also the name sources ask for
     create: Callable[[SubsystemContext, Any], Subsystem]

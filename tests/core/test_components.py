@@ -166,13 +166,17 @@ def test_runtime_refuses_unknown_subsystem_options(tmp_path: Path) -> None:
 
 
 def test_reading_many_instances_logs_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from structlog.testing import capture_logs
-
     from gateway import assembly
 
+    logs: list[dict[str, Any]] = []
+
+    class Recorder:  # the module's logger may be a cached structlog logger: record at the call itself
+        def info(self, event: str, **fields: Any) -> None:
+            logs.append({"event": event, **fields})
+
     monkeypatch.setattr(assembly, "PROGRESS_EVERY", 0.0)  # a line after every instance
+    monkeypatch.setattr(assembly, "log", Recorder())
     text = ADAPTER + "[pool]\n" + "".join(f'[sources.s{i}]\ntype = "pooled"\n' for i in range(3))
-    with capture_logs() as logs:
-        plan_file(write_config(tmp_path, text), plugins=host(PoolPlugin()))
+    plan_file(write_config(tmp_path, text), plugins=host(PoolPlugin()))
     progress = [(e["section"], e["done"], e["total"]) for e in logs if e["event"] == "config_progress"]
     assert progress[-3:] == [("sources", 1, 3), ("sources", 2, 3), ("sources", 3, 3)]
