@@ -1,7 +1,7 @@
 """The ``gateway`` command line.
 
 Core commands live here; subsystems and plugins add theirs through the ``gateway_add_commands``
-hook (the built-in ones go through the same hook, see :mod:`gateway.builtin_plugins`).
+hook (the built-in channels go through the same hook, registered in the entry-point group ``gateway.builtin``).
 """
 
 from __future__ import annotations
@@ -122,15 +122,24 @@ async def serve(
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.runtime import build_runtime
+    """Every error of the file in one run (core tables, subsystems, every adapter and source), without
+    side effects; warnings (e.g. a route shadowed by an earlier catch-all) do not fail the check."""
+    from gateway.assembly import plan_file
+    from gateway.runtime import check_legacy_instances
 
     path = args.path or args.config
-    try:
-        config = _load(path)
-        build_runtime(config)  # validates plugin-specific options too
-        build_ssl_context(config)  # the TLS certificate and key load
-    except (ConfigError, ConfigErrors) as exc:
-        _print_config_errors(exc)
+    plan = plan_file(path)
+    reader, config = plan.reader, plan.config
+    check_legacy_instances(plan)
+    if not reader.failed("http"):
+        try:
+            build_ssl_context(config)  # the TLS certificate and key load
+        except ConfigError as exc:
+            reader.errors.append(exc)
+    for warning in reader.warnings:
+        print(f"warning: {warning.render()}", file=sys.stderr)
+    if reader.errors:
+        _print_config_errors(ConfigErrors(reader.errors))
         return 2
     print(f"{path}: ok ({len(config.sources)} sources, {len(config.adapters)} adapters, {len(config.routes)} routes)")
     return 0
@@ -143,6 +152,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         config = _load(args.config)
         allow, block = config.plugins.allow, config.plugins.block
     host = PluginHost.load(allow=allow, block=block)
+    if args.options:
+        return _print_options(host, args.options, as_json=args.json)
     rows: list[dict[str, Any]] = [
         {
             "name": i.name,
@@ -161,6 +172,53 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         provides = [f"adapter:{t}" for t in row["adapter_types"]] + [f"source:{t}" for t in row["source_types"]]
         dist = f"{row['distribution']} {row['version']}" if row["distribution"] else "-"
         print(f"{row['name']:<38} {dist:<24} {', '.join(provides) or '-'}")
+    return 0
+
+
+def _print_options(host: PluginHost, name: str, *, as_json: bool) -> int:
+    """The options a type declares: ``adapter:NAME``, ``source:NAME``, ``subsystem:NAME`` or just ``NAME``."""
+    from dataclasses import asdict
+
+    from gateway.options.docs import describe, text
+
+    kind, _, type_name = name.rpartition(":")
+    found = [
+        (k, t)
+        for k, types in (
+            ("adapter", host.adapter_types),
+            ("source", host.source_types),
+            ("subsystem", host.subsystem_types),
+        )
+        if kind in ("", k) and (t := types.get(type_name)) is not None
+    ]
+    if not found:
+        print(
+            f"error: no adapter, source or subsystem type {name!r} is installed (see `gateway plugins`)",
+            file=sys.stderr,
+        )
+        return 2
+    for k, t in found:
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "kind": k,
+                        "type": t.name,
+                        "options": [asdict(d) for d in describe(t.options)] if t.options else None,
+                    },
+                    indent=2,
+                )
+            )
+            continue
+        table = {
+            "adapter": f'[adapters.NAME] type = "{t.name}"',
+            "source": f'[sources.NAME] type = "{t.name}"',
+            "subsystem": f"[{t.name}]",
+        }[k]
+        print(f"{table}: {t.description}")
+        print(
+            text(t.options) if t.options is not None else "  (options not declared: the type checks its table itself)"
+        )
     return 0
 
 
@@ -312,6 +370,9 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list loaded plugins and the types they provide")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--options", metavar="TYPE", help="print the options of a type (adapter:, source:, subsystem: or a name)"
+    )
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("route", help="show which route a message with these keys takes")

@@ -2,7 +2,9 @@
 
 Conventions (see docs/hooks.md, which a test keeps in step with this module):
 
-* all hooks are prefixed ``gateway_``; pluggy validates implementations against these specs, and
+* all hooks are prefixed ``gateway_``; a channel package may add hooks of its own (a module of
+  ``@hookspec`` functions named by its plugin module's ``HOOKSPECS``, e.g. the XÖV channel's
+  ``gateway_xoev_identify``); pluggy validates implementations against these specs, and
   :meth:`gateway.plugins.PluginHost.check_pending` refuses unknown ``gateway_*`` hooks at startup;
 * hooks marked *firstresult* answer "who handles this": the first non-``None`` result wins;
 * **async convention**: a hook implementation may return an awaitable instead of a value; the host
@@ -19,13 +21,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from lxml import etree
-
     from gateway.adapters.base import AdapterType
     from gateway.model import Envelope
     from gateway.problems import Problem
     from gateway.sources.base import SourceType
-    from gateway.xoev.identity import MessageIdentity
+    from gateway.subsystems import SubsystemType
 
 PROJECT_NAME = "gateway"
 
@@ -46,13 +46,12 @@ def gateway_source_types() -> Sequence[SourceType]:
     """Return the source (inbound channel) types this plugin provides (e.g. ``fitconnect``)."""
 
 
-@hookspec(firstresult=True)
-def gateway_xoev_identify(namespace: str, local_name: str, root: etree._Element) -> MessageIdentity | None:
-    """Identify an XML message: standard, version, message type and header fields.
+@hookspec
+def gateway_subsystem_types() -> Sequence[SubsystemType]:
+    """Return the subsystem types this plugin provides: resources shared by channels, each with its own
+    top-level config table (its ``name``), metrics and lifecycle (e.g. ``xoev``, ``fitconnect``).
 
-    Called with the parsed (already hardened and schema-valid) document's root. Return ``None`` if
-    the standard is not yours; the first plugin that returns an identity wins. This is how plugins
-    teach the gateway new XÖV standards.
+    Subsystem type names must be unique across all plugins and must not be a core table's name.
     """
 
 

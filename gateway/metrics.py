@@ -1,6 +1,7 @@
 """Prometheus metrics (prometheus-client), one registry per gateway instance.
 
 Labels are bounded by configuration (source, route, adapter names; outcome enums): never ids.
+Channel metrics belong to the channel's subsystem, registered in this registry (``Metrics.registry``).
 """
 
 from __future__ import annotations
@@ -39,13 +40,6 @@ class Metrics:
         )
         self.acks = Counter("gateway_acks", "Upstream acknowledgements by outcome", ["source", "result"], registry=r)
         self.queue_depth = Gauge("gateway_queue_depth", "Messages by state", ["state"], registry=r)
-        self.callbacks_invalid = Counter(
-            "gateway_callbacks_invalid",
-            "Ignored callbacks (bad HMAC, stale, malformed)",
-            ["source", "reason"],
-            registry=r,
-        )
-        self.polls = Counter("gateway_source_polls", "Upstream polls by result", ["source", "result"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

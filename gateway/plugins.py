@@ -1,6 +1,6 @@
 """The plugin host: a typed facade over pluggy's hook relay.
 
-Built-in plugins (listed in :data:`DEFAULT_PLUGINS`) are registered through the same hooks as
+Built-in plugins (entry-point group :data:`BUILTIN_GROUP`) are registered through the same hooks as
 third-party ones. Third-party plugins are discovered through the ``gateway`` entry-point group;
 ``[plugins] allow/block`` in gateway.toml filter them by entry-point name. After loading,
 :meth:`PluginHost.check_pending` refuses implementations of hooks that do not exist (a typo in a
@@ -24,25 +24,20 @@ from gateway import hookspecs
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lxml import etree
-
     from gateway.adapters.base import AdapterType
     from gateway.model import Envelope
     from gateway.problems import Problem
     from gateway.sources.base import SourceType
-    from gateway.xoev.identity import MessageIdentity
+    from gateway.subsystems import SubsystemType
 
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "gateway"
 
-# Modules registered on every start, through the same hooks as third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "gateway.builtin_plugins",
-    "gateway.sources.fitconnect.plugin",
-    "gateway.xoev.standards",
-    "gateway.sources.xoev_http.source",
-)
+# The gateway's own channels and subsystems, registered on every start through the same hooks as
+# third-party plugins. They are named in packaging metadata (pyproject.toml), not here: the core
+# knows no channel. [plugins] allow/block do not apply to them.
+BUILTIN_GROUP = "gateway.builtin"
 
 
 class GatewayPluginManager(pluggy.PluginManager):
@@ -83,6 +78,7 @@ class PluginHost:
     infos: list[PluginInfo] = field(default_factory=list)
     adapter_types: dict[str, AdapterType] = field(default_factory=dict)
     source_types: dict[str, SourceType] = field(default_factory=dict)
+    subsystem_types: dict[str, SubsystemType] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -96,10 +92,10 @@ class PluginHost:
         pm = GatewayPluginManager(hookspecs.PROJECT_NAME)
         pm.add_hookspecs(hookspecs)
         host = cls(pm)
-        for module_name in DEFAULT_PLUGINS:
-            module = importlib.import_module(module_name)
-            pm.register(module, name=module_name)
-            host.infos.append(PluginInfo(module_name, module_name, "ozg-gateway", _own_version(), True))
+        for ep in sorted(entry_points(group=BUILTIN_GROUP), key=lambda e: e.name):
+            module = importlib.import_module(ep.value)
+            pm.register(module, name=ep.value)
+            host.infos.append(PluginInfo(ep.value, ep.value, "ozg-gateway", _own_version(), True))
         if entry_points_enabled:
             for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
                 if ep.name in block or (allow and ep.name not in allow):
@@ -126,6 +122,10 @@ class PluginHost:
                 raise ConfigError(f"two plugins are named {name!r}")
             pm.register(obj, name=name)
             host.infos.append(PluginInfo(name, name, None, None, False))
+        for _name, plugin in pm.list_name_plugin():
+            specs = getattr(plugin, "HOOKSPECS", None)  # a channel's own hooks (e.g. gateway_xoev_identify)
+            if specs is not None:
+                pm.add_hookspecs(specs)
         host.check_pending()
         host._collect_types()
         return host
@@ -158,6 +158,14 @@ class PluginHost:
                     )
                 self.source_types[source_type.name] = source_type
                 provided.setdefault(impl.plugin_name, ([], []))[1].append(source_type.name)
+        for impl in self.pm.hook.gateway_subsystem_types.get_hookimpls():
+            for subsystem_type in cast("Sequence[SubsystemType]", impl.function()):
+                if subsystem_type.name in self.subsystem_types:
+                    second = impl.plugin_name
+                    raise ConfigError(
+                        f"subsystem type {subsystem_type.name!r} is provided by two plugins (second: {second})"
+                    )
+                self.subsystem_types[subsystem_type.name] = subsystem_type
         self.infos = [
             PluginInfo(
                 i.name,
@@ -172,12 +180,6 @@ class PluginHost:
         ]
 
     # Typed facade over the hook relay -------------------------------------------------------
-
-    def xoev_identify(self, namespace: str, local_name: str, root: etree._Element) -> MessageIdentity | None:
-        result: MessageIdentity | None = self.pm.hook.gateway_xoev_identify(
-            namespace=namespace, local_name=local_name, root=root
-        )
-        return result
 
     async def validate_message(self, envelope: Envelope, config: dict[str, Any]) -> list[Problem]:
         problems: list[Problem] = []

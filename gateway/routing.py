@@ -22,33 +22,172 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from gateway.config import ROUTE_MATCH_KEYS, GatewayConfig, Route, RouteMatch
 from gateway.model import RoutingKeys
+from gateway.options import At, option, options
 from gateway.problems import Problem
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig, PluginInstance, RetryPolicy, RoutingSection
 
 PROBLEM_BASE = "https://ozg-gateway.example/problems/"
 NO_ROUTE = PROBLEM_BASE + "no-route"
 TEST_IN_PRODUCTION = PROBLEM_BASE + "test-message-in-production"
 SIGNATURE_REQUIRED = PROBLEM_BASE + "signature-required"  # route "required", the message carries no signature
 SIGNATURE_INVALID = PROBLEM_BASE + "signature-invalid"  # route "required"/"optional", the signature is not valid
-# Where channels record their signature verdict: a generic top-level "signature", else the channel's own
-# table (XÖV: metadata["xoev"]["signature"]). Each is {"status": "valid"|"absent"|"invalid", "code": ...}.
-SIGNATURE_METADATA_TABLES = ("xoev",)
+# Where every channel records its signature verdict: {"status": "valid"|"absent"|"invalid", "code": ...}.
+SIGNATURE_METADATA_KEY = "signature"
 _CODE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+ROUTE_MATCH_KEYS = (
+    "service",
+    "region",
+    "destination",
+    "message_type",
+    "namespace",
+    "source",
+    "sender",
+    "test",
+)
+GLOB_KEYS = ("service", "message_type", "namespace", "source", "sender")
+_GLOB_CHARS = "*?["
+
+
+def _glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is no usable glob: fnmatch takes an unclosed ``[`` literally, so the rule would
+    silently never match."""
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern[i] == "[":
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1  # a leading "]" is a member of the set
+            j = pattern.find("]", j)
+            if j < 0:
+                return f"invalid glob {pattern!r}: the '[' at position {i} is never closed (the rule would never match)"
+            i = j
+        i += 1
+    return None
+
+
+def _glob_check(value: str | None) -> str | None:
+    return _glob_problem(value) if value else None
+
+
+def _no_glob(what: str) -> Any:
+    def check(value: str | None) -> str | None:
+        if value and any(ch in value for ch in _GLOB_CHARS):
+            return f"{what}, not a glob: {value!r} would never match"
+        return None
+
+    return check
+
+
+@options(kw_only=False)
+class RouteMatch:
+    service: str | None = option(
+        default=None, doc="The service id (LeiKa/FIM URN): exact or a glob.", check=_glob_check
+    )
+    region: str | None = option(
+        default=None,
+        doc="The ARS/AGS: **prefix** (`09162` matches `091620000000`; a leading `DE` is ignored).",
+        check=_no_glob("region is a prefix of the ARS/AGS"),
+    )
+    destination: str | None = option(
+        default=None,
+        doc="FIT-Connect destination id / XÖV reader id: exact, case-insensitive.",
+        check=_no_glob("destination is matched exactly"),
+    )
+    message_type: str | None = option(
+        default=None, doc="e.g. `baugenehmigung.antrag.0200`: exact or a glob.", check=_glob_check
+    )
+    namespace: str | None = option(
+        default=None, doc="XML namespace / JSON schema URI of the data: exact or a glob.", check=_glob_check
+    )
+    source: str | None = option(
+        default=None, doc="The `[sources.NAME]` it came through: exact (must be declared) or a glob.", check=_glob_check
+    )
+    sender: str | None = option(
+        default=None, doc="Authenticated sender / author authority id: exact or a glob.", check=_glob_check
+    )
+    test: bool | None = option(default=None, doc="The message's test flag.")
+
+    @property
+    def catch_all(self) -> bool:
+        return all(getattr(self, key) is None for key in ROUTE_MATCH_KEYS)
+
+
+@options(kw_only=False)
+class Route:
+    name: str = option(doc="Unique; appears in metrics, logs and the audit trail.")
+    adapter: str = option(doc="An `[adapters.NAME]`.")
+    match: RouteMatch = option(
+        doc="Every key given must match (see below); without it the rule matches everything.",
+        default_factory=RouteMatch,
+    )
+    retry: str = option(default="default", doc="A `[retry.NAME]` policy.")
+    signature: Literal["required", "optional", "ignored"] = option(
+        default="ignored",
+        doc='What this route needs of the signature the channel recorded (`metadata["signature"]`): '
+        "`required` → only a valid one, `optional` → absent or valid, `ignored` → no check.",
+    )
+
+
+def read_routes(
+    raw: Any,
+    root: At,
+    *,
+    adapters: Mapping[str, PluginInstance],
+    sources: Mapping[str, PluginInstance],
+    retry: Mapping[str, RetryPolicy],
+    routing: RoutingSection,
+) -> tuple[Route, ...]:
+    """``[[routes]]`` read and cross-checked: names unique, references declared, shadowed rules warned about."""
+    at = root.child("routes")
+    if not isinstance(raw, list):
+        at.error("expected an array of tables ([[routes]])")
+        return ()
+    routes: list[Route] = []
+    indexed: list[tuple[int, Route]] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        here = at.child(index)
+        route = here.convert(Route, item)
+        if not isinstance(route, Route):
+            continue
+        if route.name in seen:
+            here.error(f"duplicate route name {route.name!r}", "name")
+        seen.add(route.name)
+        if route.adapter not in adapters and not root.reader.failed("adapters"):
+            here.error(f"names adapter {route.adapter!r}, which is not declared in [adapters]", "adapter")
+        if route.retry not in retry:
+            here.error(f"names retry policy {route.retry!r}, which is not declared in [retry]", "retry")
+        wanted = route.match.source
+        if wanted is not None and not any(ch in wanted for ch in _GLOB_CHARS) and wanted not in sources:
+            here.error(f"matches source {wanted!r}, which is not declared in [sources]", "match.source")
+        routes.append(route)
+        indexed.append((index, route))
+    for index, route in indexed:
+        earlier = next(((i, r) for i, r in indexed if i < index and r.match.catch_all), None)
+        if earlier is not None:
+            root.reader.warn(
+                at.child(index).key,
+                f"route {route.name!r} is never used: routes[{earlier[0]}] ({earlier[1].name!r}) before it "
+                "matches every message",
+            )
+    names = {r.name for r in routes}
+    for key, value in (("fallback", routing.fallback), ("test_route", routing.test_route)):
+        if value is not None and value not in names:
+            root.child("routing").error(f"names route {value!r}, which is not declared in [[routes]]", key)
+    return tuple(routes)
 
 
 def signature_verdict(metadata: Mapping[str, Any]) -> tuple[str, str | None]:
     """``(status, code)`` of the signature verdict a channel recorded; ``("absent", None)`` when none
     was recorded (a channel that does not check signatures has, for the route, no valid signature)."""
-    found = metadata.get("signature")
-    if not isinstance(found, Mapping):
-        for table in SIGNATURE_METADATA_TABLES:
-            inner = metadata.get(table)
-            if isinstance(inner, Mapping) and isinstance(inner.get("signature"), Mapping):
-                found = inner["signature"]
-                break
+    found = metadata.get(SIGNATURE_METADATA_KEY)
     if not isinstance(found, Mapping):
         return "absent", None
     status = found.get("status")

@@ -1,38 +1,43 @@
-"""Assemble a running gateway from its configuration: plugins, store, adapters, sources, workers.
+"""Assemble a running gateway from its configuration: a list of components in dependency order.
 
-Everything that can be checked before a message flows is checked here, at startup: adapter and
-source options are validated by their plugin types, so ``gateway check-config`` reports them too.
+:func:`build_runtime` reads the whole file (:mod:`gateway.assembly`: every error of core tables,
+subsystem tables, adapter and source options in one pass), creates the instances and orders the
+components: store → subsystems → adapters → sources (instances) → the flow (delivery worker, resume
+loop, ack worker) → the sources' receive loops. :class:`Runtime` starts them in that order and stops
+them in reverse after setting the one drain state.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator
+import functools
+import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from gateway.adapters.base import Adapter, AdapterContext
+from gateway.assembly import Plan, progress, read_plugins
+from gateway.components import Components, Drain, Hooks, Task
 from gateway.config import GatewayConfig
 from gateway.delivery.acks import AckWorker
 from gateway.delivery.worker import AdapterSlot, DeliveryWorker
 from gateway.errors import ConfigError, ConfigErrors
+from gateway.flow import Flow, run_source
 from gateway.metrics import Metrics
+from gateway.options import Reader
 from gateway.pipeline.intake import Intake
 from gateway.plugins import PluginHost
 from gateway.routing import Router
 from gateway.secrets import secret_resolver
-from gateway.sources.base import Source, SourceContext
+from gateway.sources.base import Source, SourceContext, StoredMessages
 from gateway.store.base import Store
 from gateway.store.blobs import BlobStore
 from gateway.store.sqlite import SQLiteStore
-
-if TYPE_CHECKING:
-    from gateway.xoev.validator import XoevValidator
+from gateway.subsystems import Subsystem
 
 log = structlog.get_logger(__name__)
 
@@ -70,38 +75,41 @@ class Runtime:
     store: Store
     blobs: BlobStore
     metrics: Metrics
-    router: Router
-    intake: Intake
+    flow: Flow
     adapters: dict[str, Adapter]
     sources: dict[str, Source]
-    worker: DeliveryWorker
-    acker: AckWorker
+    subsystems: dict[str, Subsystem]
+    components: Components
+    drain: Drain
     routes: list[web.RouteDef] = field(default_factory=list)
-    xoev: XoevValidator | None = None  # [xoev] configured: started before the sources, closed after them
-    draining: bool = False
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def intake(self) -> Intake:
+        return self.flow.intake
+
+    @property
+    def worker(self) -> DeliveryWorker:
+        return self.flow.worker
+
+    @property
+    def acker(self) -> AckWorker:
+        return self.flow.acker
+
+    @property
+    def router(self) -> Router:
+        return self.flow.intake.router
+
+    @property
+    def draining(self) -> bool:
+        return self.drain.active
 
     def accept_policy(self, channel: str) -> str:
-        source = self.sources.get(channel)
-        return source.accept_policy if source is not None else "delivered"
+        return self.flow.accept_policy(channel)
 
     async def start(self) -> None:
-        self.blobs.open()
-        await self.store.open()
-        if self.xoev is not None:
-            try:
-                await self.xoev.start()  # compiles/verifies the schema cache, warms the workers
-            except BaseException:
-                await self.xoev.close()
-                await self.store.close()
-                raise
-        self.tasks = [
-            asyncio.create_task(self.worker.run(), name="delivery-worker"),
-            asyncio.create_task(self.acker.run(), name="ack-worker"),
-            asyncio.create_task(self.intake.resume_loop(), name="pipeline-resume"),
-        ]
-        for name, source in self.sources.items():
-            self.tasks.append(asyncio.create_task(_run_source(name, source), name=f"source-{name}"))
+        began = time.perf_counter()
+        log.info("gateway_starting", components=len(self.components.components))
+        await self.components.start()
         log.info(
             "gateway_started",
             mode=self.config.gateway.mode,
@@ -109,177 +117,176 @@ class Runtime:
             sources=sorted(self.sources),
             adapters=sorted(self.adapters),
             routes=[r.name for r in self.config.routes],
+            seconds=round(time.perf_counter() - began, 3),
         )
 
     async def stop(self) -> None:
         """Graceful: stop intake, finish or release in-flight deliveries, close everything."""
-        self.draining = True
-        self.intake.draining = True
-        for task in self.tasks:
-            if task.get_name().startswith("source-") or task.get_name() in ("pipeline-resume", "ack-worker"):
-                task.cancel()
-        await self.worker.stop(self.config.delivery.shutdown_grace)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for source in self.sources.values():
-            with contextlib.suppress(Exception):
-                await source.close()
-        for adapter in self.adapters.values():
-            with contextlib.suppress(Exception):
-                await adapter.close()
-        if self.xoev is not None:
-            with contextlib.suppress(Exception):
-                await self.xoev.close()
-        await self.store.release_leases(self.acker.owner)
-        await self.store.close()
+        self.drain.begin()
+        await self.components.stop()
         log.info("gateway_stopped")
 
 
-async def _run_source(name: str, source: Source) -> None:
-    # A source must survive upstream errors itself; this guard only keeps a bug from killing it silently.
-    while True:
-        try:
-            await source.run()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("source_crashed", source=name)
-            await asyncio.sleep(5.0)
+def _closer(name: str, closables: Mapping[str, Any]) -> Hooks:
+    async def close() -> None:
+        for item in closables.values():
+            with contextlib.suppress(Exception):
+                await item.close()
+
+    return Hooks(name, on_stop=close)
+
+
+def _store_component(store: Store, blobs: BlobStore, flow: Flow) -> Hooks:
+    async def start() -> None:
+        blobs.open()
+        await store.open()
+
+    async def stop() -> None:
+        await store.release_leases(flow.acker.owner)
+        await store.close()
+
+    return Hooks("store", start, stop)
+
+
+def _subsystem_component(name: str, subsystem: Subsystem) -> Hooks:
+    return Hooks(f"subsystem:{name}", subsystem.start, subsystem.stop)
 
 
 def build_runtime(config: GatewayConfig, *, plugins: PluginHost | None = None) -> Runtime:
     plugins = plugins or PluginHost.load(allow=config.plugins.allow, block=config.plugins.block)
+    began = time.perf_counter()
     metrics = Metrics()
+    reader = Reader(config.read_context())
+    plan = read_plugins(config, plugins, reader, metrics)
+    log.info(
+        "config_read",
+        sources=len(plan.sources),
+        adapters=len(plan.adapters),
+        seconds=round(time.perf_counter() - began, 3),
+    )
+    errors = reader.errors
     store = open_store(config)
     blobs = BlobStore(config.path(config.store.blob_dir))
-    router = Router.from_config(config)
     resolve = secret_resolver(config.base_dir)
-    errors: list[ConfigError] = []
-    routes: list[web.RouteDef] = []
-    xoev: XoevValidator | None = None
-    if config.xoev is not None:
-        from gateway.xoev.validator import XoevValidator  # lxml/xmlschema only when [xoev] is configured
+    drain = Drain()
 
-        xoev = XoevValidator(config.xoev, hook=plugins.pm.hook)
-
-    adapters: dict[str, Adapter] = {}
-    slots: dict[str, AdapterSlot] = {}
-    for name, inst in config.adapters.items():
-        adapter_type = plugins.adapter_types.get(inst.type)
-        if adapter_type is None:
-            known = ", ".join(sorted(plugins.adapter_types)) or "none"
-            errors.append(
-                ConfigError(f"unknown adapter type {inst.type!r} (installed: {known})", key=f"{inst.key}.type")
-            )
-            continue
-        ctx = AdapterContext(name=name, base_dir=config.base_dir, resolve_secret=resolve, production=config.production)
-        try:
-            adapters[name] = adapter_type.create(ctx, inst.options)
-        except ConfigError as exc:
-            errors.append(exc.at(key_prefix=inst.key))
-            continue
-        slots[name] = AdapterSlot(adapters[name], inst.concurrency)
-
-    sources: dict[str, Source] = {}
-    route_owners: dict[tuple[str, str], str] = {}
-    runtime_ref: list[Runtime] = []
-
-    def accept_policy(channel: str) -> str:
-        return runtime_ref[0].accept_policy(channel) if runtime_ref else "delivered"
-
-    acker = AckWorker(
-        store=store,
-        sources=sources,
-        metrics=metrics,
-        lease_seconds=config.delivery.lease_seconds,
-        plugins=plugins,
-        retry_initial=config.delivery.ack_retry_initial,
-        retry_max=config.delivery.ack_retry_max,
-    )
-    worker = DeliveryWorker(
-        store=store,
-        blobs=blobs,
-        adapters=slots,
-        routes={r.name: r for r in config.routes},
-        retry=config.retry,
-        metrics=metrics,
-        plugins=plugins,
-        accept_policy=accept_policy,
-        lease_seconds=config.delivery.lease_seconds,
-        poll_interval=config.delivery.poll_interval,
-        # Unique per process: two instances sharing a database must never share a lease owner.
-        owner=f"{config.gateway.instance_id or 'gw'}-{uuid.uuid4().hex[:12]}",
-        acker=acker,
-        on_ack_due=acker.wake,
-    )
-    intake = Intake(
-        store=store,
-        router=router,
-        plugins=plugins,
-        metrics=metrics,
-        accept_policy=accept_policy,
-        on_routed=worker.wake,
-        on_ack_due=acker.wake,
-        delivery=worker,
-    )
-    for name, inst in config.sources.items():
-        source_type = plugins.source_types.get(inst.type)
-        if source_type is None:
-            known = ", ".join(sorted(plugins.source_types)) or "none"
-            errors.append(
-                ConfigError(f"unknown source type {inst.type!r} (installed: {known})", key=f"{inst.key}.type")
-            )
-            continue
-        sctx = SourceContext(
-            name=name,
-            base_dir=config.base_dir,
-            intake=intake,
-            resolve_secret=resolve,
-            production=config.production,
-            add_routes=routes.extend,
-            blobs=blobs,
-            metrics=metrics,
-            options_key=inst.key,
-            xoev=xoev,
-            max_body_bytes=config.http.max_body_bytes,
-        )
-        before = len(routes)
-        try:
-            sources[name] = source_type.create(sctx, inst.options)
-        except ConfigError as exc:
-            errors.append(exc.at(key_prefix=inst.key))
-        for route in routes[before:]:
-            # Two channels on one path would silently shadow each other (aiohttp serves the first).
-            if isinstance(route, web.RouteDef):
-                owner = route_owners.setdefault((route.method, route.path), name)
-                if owner != name:
-                    errors.append(
-                        ConfigError(
-                            f"HTTP route {route.method} {route.path} is already used by source {owner!r}",
-                            key=inst.key,
-                        )
-                    )
+    adapters = _create_adapters(plan, errors, resolve)
+    slots = {name: AdapterSlot(a, config.adapters[name].concurrency) for name, a in adapters.items()}
+    flow = Flow(config, store=store, blobs=blobs, metrics=metrics, plugins=plugins, adapters=slots, drain=drain)
+    sources, routes = _create_sources(plan, flow, store, blobs, errors, resolve)
     if errors:
         raise ConfigErrors([ConfigError(e.reason, key=e.key, file=str(config.file)) for e in errors])
-    runtime = Runtime(
+    flow.connect(sources)
+    components = Components(
+        [
+            _store_component(store, blobs, flow),
+            *(_subsystem_component(n, s) for n, s in plan.subsystems.items()),
+            _closer("adapters", adapters),
+            _closer("sources", sources),
+            *flow.components(),
+            *(Task(f"source-{name}", functools.partial(run_source, name, source)) for name, source in sources.items()),
+        ]
+    )
+    return Runtime(
         config=config,
         plugins=plugins,
         store=store,
         blobs=blobs,
         metrics=metrics,
-        router=router,
-        intake=intake,
+        flow=flow,
         adapters=adapters,
         sources=sources,
-        worker=worker,
-        acker=acker,
+        subsystems=plan.subsystems,
+        components=components,
+        drain=drain,
         routes=routes,
-        xoev=xoev,
     )
-    runtime_ref.append(runtime)
-    return runtime
+
+
+def check_legacy_instances(plan: Plan) -> None:
+    """``gateway check-config`` for plugin types without declared options: only their ``create`` checks
+    the raw table, so it is called (it may have side effects; declared types never need this)."""
+    legacy = Plan(
+        plan.config,
+        plan.plugins,
+        plan.reader,
+        plan.metrics,
+        plan.subsystems,
+        {n: r for n, r in plan.adapters.items() if r.type.options is None},
+        {n: r for n, r in plan.sources.items() if r.type.options is None},
+        plan.http_paths,
+    )
+    if not legacy.adapters and not legacy.sources:
+        return
+    config = plan.config
+    errors: list[ConfigError] = []
+    resolve = secret_resolver(config.base_dir)
+    store = open_store(config)  # not opened
+    blobs = BlobStore(config.path(config.store.blob_dir))
+    _create_adapters(legacy, errors, resolve)
+    flow = Flow(
+        config, store=store, blobs=blobs, metrics=plan.metrics, plugins=plan.plugins, adapters={}, drain=Drain()
+    )
+    _create_sources(legacy, flow, store, blobs, errors, resolve)
+    plan.reader.errors.extend(ConfigError(e.reason, key=e.key, file=str(config.file)) for e in errors)
+
+
+def _create_adapters(plan: Plan, errors: list[ConfigError], resolve: Any) -> dict[str, Adapter]:
+    config = plan.config
+    adapters: dict[str, Adapter] = {}
+    for name, read in plan.adapters.items():
+        ctx = AdapterContext(name=name, base_dir=config.base_dir, resolve_secret=resolve, production=config.production)
+        try:
+            adapters[name] = read.type.create(ctx, read.options)
+        except ConfigError as exc:
+            errors.append(ConfigError(exc.reason, key=_under(read.instance.key, exc.key), file=str(config.file)))
+    return adapters
+
+
+def _under(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if key else prefix
+
+
+def _create_sources(
+    plan: Plan, flow: Flow, store: Store, blobs: BlobStore, errors: list[ConfigError], resolve: Any
+) -> tuple[dict[str, Source], list[web.RouteDef]]:
+    config = plan.config
+    sources: dict[str, Source] = {}
+    routes: list[web.RouteDef] = []
+    for name, read in progress(plan.sources.items(), "runtime_progress", "sources"):
+        added: list[web.RouteDef] = []
+        sctx = SourceContext(
+            name=name,
+            base_dir=config.base_dir,
+            intake=flow.intake,
+            resolve_secret=resolve,
+            production=config.production,
+            add_routes=added.extend,
+            blobs=blobs,
+            metrics=plan.metrics,
+            options_key=read.instance.key,
+            max_body_bytes=config.http.max_body_bytes,
+            messages=StoredMessages(store, name),
+            subsystems=plan.subsystems,
+        )
+        try:
+            sources[name] = read.type.create(sctx, read.options)
+        except ConfigError as exc:
+            errors.append(ConfigError(exc.reason, key=_under(read.instance.key, exc.key)))
+        for route in added:
+            # Two channels on one path would silently shadow each other (aiohttp serves the first).
+            path = getattr(route, "path", None)
+            if isinstance(path, str):
+                owner = plan.http_paths.owners.setdefault(f"{route.method} {path}", name)
+                if owner != name:
+                    errors.append(
+                        ConfigError(
+                            f"HTTP route {route.method} {path} is already used by source {owner!r}",
+                            key=read.instance.key,
+                        )
+                    )
+        routes.extend(added)
+    return sources, routes
 
 
 @contextlib.asynccontextmanager

@@ -98,5 +98,9 @@ class AdapterType:
     """
 
     name: str
-    create: Callable[[AdapterContext, Mapping[str, Any]], Adapter]
+    # With ``options`` (an options class, see gateway.options): ``create`` gets the read options; the
+    # gateway reads and checks them with the rest of the file (``gateway check-config`` without calling
+    # ``create``: no side effects). Without: ``create`` gets the raw table and raises ConfigError itself.
+    create: Callable[[AdapterContext, Any], Adapter]
     description: str = ""
+    options: type | None = None

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.errors import ConfigError
 from gateway.http.problem import problem_response
 from gateway.model import AckState, MessageState
 from gateway.plugins import PluginHost
@@ -238,7 +239,10 @@ def create_app(runtime: Runtime) -> web.Application:
         middlewares=[error_middleware, draining_middleware, admin_auth],
     )
     app[RUNTIME] = runtime
-    app[ADMIN_TOKEN] = config.http.admin_token.resolve() if config.http.admin_token else None
+    try:
+        app[ADMIN_TOKEN] = config.http.admin_token.resolve() if config.http.admin_token else None
+    except ConfigError as exc:  # checked when the file was read; gone since (e.g. a deleted secret file)
+        raise ConfigError(exc.reason, key=exc.key, file=str(config.file)) from None
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -254,9 +258,7 @@ def create_app(runtime: Runtime) -> web.Application:
         await runtime.stop()
 
     async def on_shutdown(app: web.Application) -> None:
-        runtime.draining = True
-        runtime.intake.draining = True
-        log.info("gateway_draining")
+        runtime.drain.begin()  # before open requests are waited for: new ones get 503
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

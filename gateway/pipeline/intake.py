@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from gateway.components import Drain
 from gateway.metrics import Metrics
 from gateway.model import (
     AckState,
@@ -82,6 +83,7 @@ class Intake:
         on_ack_due: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         delivery: HandOver | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -94,7 +96,11 @@ class Intake:
         # With a worker: a message routed by receive() is leased to it in the same commit and
         # delivered right away (no claim commit, no poll delay) when it has a free slot.
         self.delivery = delivery
-        self.draining = False
+        self.drain = drain or Drain()  # the runtime's one shutdown state: no new message once it is set
+
+    @property
+    def draining(self) -> bool:
+        return self.drain.active
 
     async def receive(self, incoming: IncomingMessage) -> IntakeResult:
         if self.draining:

@@ -1,7 +1,7 @@
 """The store interface. SQLite is the default backend; PostgreSQL implements the same semantics.
 
 Semantics every backend guarantees (written once in :mod:`gateway.store.manager`, checked for
-every backend by the contract suite :mod:`gateway.store.contract`):
+every backend by the contract suite :mod:`gateway_sandbox.store_contract`):
 
 * a method returns only after its transaction is durably committed (SQLite: the WAL fsynced, see
   :class:`gateway.store.sqlite.SQLiteStore`; PostgreSQL: ``synchronous_commit`` not ``off``);

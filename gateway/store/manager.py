@@ -5,7 +5,7 @@ supplies only what differs between databases: how a transaction is run and made 
 (``_write``/``_read``/``_snapshot``/``_read_fresh``), its :class:`Dialect` (placeholders, row locks,
 lists, what text it can hold) and its migrations. Everything a step changes, what a claim selects,
 which audit records are written and how they are chained lives here and in
-:mod:`gateway.store.plan`, so every backend behaves the same; :mod:`gateway.store.contract` is the
+:mod:`gateway.store.plan`, so every backend behaves the same; :mod:`gateway_sandbox.store_contract` is the
 test suite that checks it.
 
 Lock order (PostgreSQL, several instances): a transaction locks the record rows it changes first

@@ -98,7 +98,7 @@ class BundleCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.info("xoev.cache.index_unusable", bundle=bundle.name, error=type(exc).__name__)
+            log.info("xoev_cache_index_unusable", bundle=bundle.name, error=type(exc).__name__)
             return None
 
     def store(
@@ -147,7 +147,7 @@ class BundleCache:
         try:
             return pickle.loads(blob)  # noqa: S301 - our own cache file, verified by digest
         except Exception as exc:  # any unpickling failure means: rebuild
-            log.info("xoev.cache.pickle_unusable", file=index.pickle_file, error=type(exc).__name__)
+            log.info("xoev_cache_pickle_unusable", file=index.pickle_file, error=type(exc).__name__)
             return None
         finally:
             if was_enabled:

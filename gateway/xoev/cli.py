@@ -45,10 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def load_xoev_config(path: Path) -> XoevConfig | None:
     """The ``[xoev]`` table of a gateway.toml, read through the gateway's config loader."""
     config = load_config(path)
-    parsed = getattr(config, "xoev", None)  # once the loader parses the table itself
-    if isinstance(parsed, XoevConfig):
-        return parsed
-    table = config.extra.get("xoev")
+    table = config.tables.get("xoev")
     if table is None:
         return None
     return parse_xoev_config(table, base_dir=config.base_dir, file=str(config.file))

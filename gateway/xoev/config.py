@@ -1,7 +1,8 @@
 """The ``[xoev]`` configuration table: schema bundles, cache, parser limits, validation workers.
 
-:func:`parse_xoev_config` is the single parser of that table (the gateway's config loader calls it).
-Paths are resolved against ``base_dir`` (the directory of gateway.toml); every problem is a
+:class:`XoevOptions` declares the table for the gateway's option reader (it is the XÖV subsystem's
+table, read with the rest of gateway.toml); :func:`parse_xoev_config` reads it on its own (tools,
+tests). Paths are resolved against the directory of gateway.toml; every problem is a
 :class:`gateway.errors.ConfigError` naming the key, e.g. ``xoev.bundles[0].dir``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,28 +20,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.errors import ConfigError
-from gateway.secrets import SecretRef, parse_secret_ref
+from gateway.options import At, ReadContext, Reader, failed, option, options
+from gateway.options.checks import non_empty, positive
+from gateway.secrets import SecretRef
 from gateway.xoev.parsing import ParseLimits
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TOP_KEYS = frozenset(
-    {
-        "cache_dir",
-        "max_bytes",
-        "max_depth",
-        "max_elements",
-        "max_attribute_chars",
-        "max_text_chars",
-        "max_issues",
-        "workers",
-        "validate_timeout",
-        "bundles",
-        "trusted_certs",
-        "signing",
-    }
-)
-_BUNDLE_KEYS = frozenset({"name", "dir", "entries", "samples", "invalid_samples", "locations"})
-_SIGNING_KEYS = frozenset({"key", "cert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,182 +86,195 @@ class XoevConfig:
         )
 
 
-def parse_xoev_config(raw: Mapping[str, Any], *, base_dir: Path, file: str) -> XoevConfig:
-    """Parse the ``[xoev]`` table (already decoded from TOML) into an :class:`XoevConfig`."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError("must be a table", key="xoev", file=file)
-    _reject_unknown(raw, _TOP_KEYS, "xoev", file)
-    base_dir = base_dir.resolve()
-
-    cache_raw = raw.get("cache_dir", "var/xoev-cache")
-    if cache_raw is False:
-        cache_dir: Path | None = None
-    elif isinstance(cache_raw, str) and cache_raw:
-        cache_dir = (base_dir / cache_raw).resolve()
-    else:
-        raise ConfigError("must be a non-empty path or false", key="xoev.cache_dir", file=file)
-
-    ints = {
-        key: _positive_int(raw, key, default, file)
-        for key, default in (
-            ("max_bytes", 20_000_000),
-            ("max_depth", 256),
-            ("max_elements", 500_000),
-            ("max_attribute_chars", 65_536),
-            ("max_text_chars", 10_000_000),
-            ("max_issues", 50),
-            ("workers", 2),
-        )
-    }
-    timeout = raw.get("validate_timeout", 30.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ConfigError("must be a positive number of seconds", key="xoev.validate_timeout", file=file)
-
-    bundles_raw = raw.get("bundles", [])
-    if not isinstance(bundles_raw, list):
-        raise ConfigError("must be an array of tables ([[xoev.bundles]])", key="xoev.bundles", file=file)
-    bundles: list[BundleConfig] = []
-    seen: set[str] = set()
-    for index, item in enumerate(bundles_raw):
-        key = f"xoev.bundles[{index}]"
-        bundle = _parse_bundle(item, key, base_dir, file)
-        if bundle.name in seen:
-            raise ConfigError(f"duplicate bundle name {bundle.name!r}", key=f"{key}.name", file=file)
-        seen.add(bundle.name)
-        bundles.append(bundle)
-
-    trusted = _trusted_certs(raw.get("trusted_certs", []), base_dir, file)
-    signing = _signing(raw["signing"], base_dir, file) if "signing" in raw else None
-
-    return XoevConfig(
-        bundles=tuple(bundles),
-        cache_dir=cache_dir,
-        validate_timeout=float(timeout),
-        trusted_certs=trusted,
-        signing=signing,
-        **ints,
-    )
-
-
-def _load_certificates(path: Path, key: str, file: str) -> list[x509.Certificate]:
+def _load_certificates(path: Path) -> list[x509.Certificate]:
     """Every certificate of a PEM file (one or more), or the one of a DER file."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key, file=file) from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
     except ValueError:
-        raise ConfigError(f"{path} holds no readable X.509 certificate (PEM or DER)", key=key, file=file) from None
+        raise ConfigError(f"{path} holds no readable X.509 certificate (PEM or DER)") from None
 
 
-def _trusted_certs(value: Any, base_dir: Path, file: str) -> tuple[bytes, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError("must be an array of certificate file paths", key="xoev.trusted_certs", file=file)
+def _der(certs: list[x509.Certificate]) -> list[bytes]:
+    return [c.public_bytes(serialization.Encoding.DER) for c in certs]
+
+
+def _trusted_certs(raw: Any, at: At) -> Any:
+    paths = at.convert(tuple[Path, ...], raw)
+    if not isinstance(paths, tuple):
+        return failed()
     out: list[bytes] = []
-    for index, item in enumerate(value):
-        certs = _load_certificates(base_dir / item, f"xoev.trusted_certs[{index}]", file)
-        out.extend(c.public_bytes(serialization.Encoding.DER) for c in certs)
-    return tuple(out)
+    for index, path in enumerate(paths):
+        try:
+            out.extend(_der(_load_certificates(path)))
+        except ConfigError as exc:
+            at.error(exc.reason, index)
+    return tuple(out) if not at.reader.failed(at.key) else failed()
 
 
-def _signing(value: Any, base_dir: Path, file: str) -> SigningConfig:
-    if not isinstance(value, Mapping):
-        raise ConfigError("must be a table with key and cert", key="xoev.signing", file=file)
-    _reject_unknown(value, _SIGNING_KEYS, "xoev.signing", file)
-    if "key" not in value:
-        raise ConfigError(
-            'is required (a secret: { file = "..." } or { env = "..." })', key="xoev.signing.key", file=file
-        )
-    try:
-        key = parse_secret_ref(value["key"], key="xoev.signing.key", base_dir=base_dir)
-    except ConfigError as exc:
-        raise ConfigError(exc.reason, key=exc.key, file=file) from None
-    cert_raw = value.get("cert")
-    if not isinstance(cert_raw, str) or not cert_raw:
-        raise ConfigError("must be the path of the signing certificate", key="xoev.signing.cert", file=file)
-    certs = _load_certificates(base_dir / cert_raw, "xoev.signing.cert", file)
-    return SigningConfig(key=key, cert=certs[0].public_bytes(serialization.Encoding.DER))
+def _cache_dir(raw: Any, at: At) -> Path | None:
+    if raw is False:
+        return None
+    if isinstance(raw, str) and raw:
+        return at.path(raw).resolve()
+    raise ConfigError("must be a non-empty path or false")
 
 
-def _parse_bundle(item: Any, key: str, base_dir: Path, file: str) -> BundleConfig:
-    if not isinstance(item, Mapping):
-        raise ConfigError("must be a table", key=key, file=file)
-    _reject_unknown(item, _BUNDLE_KEYS, key, file)
-
-    name = item.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            "must be a name of letters, digits, '.', '_' or '-' (at most 64)", key=f"{key}.name", file=file
-        )
-    dir_raw = item.get("dir")
-    if not isinstance(dir_raw, str) or not dir_raw:
-        raise ConfigError("must be a path (relative to the config file)", key=f"{key}.dir", file=file)
-    bundle_dir = (base_dir / dir_raw).resolve()
-    if not bundle_dir.is_dir():
-        raise ConfigError(f"directory {bundle_dir} does not exist", key=f"{key}.dir", file=file)
-
-    entries = _str_list(item, "entries", key, file, required=True)
-    for i, entry in enumerate(entries):
-        path = _inside(bundle_dir, entry, f"{key}.entries[{i}]", file)
-        if not path.is_file():
-            raise ConfigError(f"entry schema {path} does not exist", key=f"{key}.entries[{i}]", file=file)
-    samples = _str_list(item, "samples", key, file)
-    invalid = _str_list(item, "invalid_samples", key, file)
-
-    locations_raw = item.get("locations", {})
-    if not isinstance(locations_raw, Mapping):
-        raise ConfigError("must be a table of URL = file", key=f"{key}.locations", file=file)
-    locations: dict[str, Path] = {}
-    for url, target in locations_raw.items():
-        loc_key = f'{key}.locations."{url}"'
-        if not isinstance(target, str) or not target:
-            raise ConfigError("must be a file path relative to the bundle dir", key=loc_key, file=file)
-        path = _inside(bundle_dir, target, loc_key, file)
-        if not path.is_file():
-            raise ConfigError(f"file {path} does not exist", key=loc_key, file=file)
-        locations[str(url)] = path
-
-    return BundleConfig(
-        name=name,
-        dir=bundle_dir,
-        entries=tuple(Path(e).as_posix() for e in entries),
-        samples=tuple(samples),
-        invalid_samples=tuple(invalid),
-        locations=locations,
-    )
+def _name(value: str) -> str | None:
+    return None if _NAME.match(value) else "must be a name of letters, digits, '.', '_' or '-' (at most 64)"
 
 
-def _inside(bundle_dir: Path, relative: str, key: str, file: str) -> Path:
+def _existing_dir(value: Path) -> str | None:
+    return None if value.is_dir() else f"directory {value.resolve()} does not exist"
+
+
+def _inside(bundle_dir: Path, relative: str) -> Path:
     """Resolve a bundle-relative path and refuse anything outside the bundle (the sandbox)."""
     if os.path.isabs(relative):
-        raise ConfigError("must be relative to the bundle dir", key=key, file=file)
+        raise ConfigError("must be relative to the bundle dir")
     path = (bundle_dir / relative).resolve()
     if not path.is_relative_to(bundle_dir):
-        raise ConfigError(f"{relative!r} points outside the bundle dir", key=key, file=file)
+        raise ConfigError(f"{relative!r} points outside the bundle dir")
     return path
 
 
-def _str_list(item: Mapping[str, Any], name: str, key: str, file: str, *, required: bool = False) -> list[str]:
-    value = item.get(name)
-    if value is None and not required:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (not value and required):
-        what = "a non-empty array of strings" if required else "an array of strings"
-        raise ConfigError(f"must be {what}", key=f"{key}.{name}", file=file)
-    return list(value)
+def _locations(raw: Any, at: At) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("must be a table of URL = file")
+    for url, target in raw.items():
+        if not isinstance(target, str) or not target:
+            at.error("must be a file path relative to the bundle dir", f'"{url}"')
+    return failed() if at.reader.failed(at.key) else {str(k): v for k, v in raw.items()}
 
 
-def _positive_int(raw: Mapping[str, Any], key: str, default: int, file: str) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError("must be a positive integer", key=f"xoev.{key}", file=file)
-    return value
+@options
+class BundleOptions:
+    name: str = option(doc="The bundle's name (letters, digits, `.`, `_`, `-`; at most 64).", check=_name)
+    dir: Path = option(doc="Directory of the XSDs (kept byte-identical to upstream).", check=_existing_dir)
+    entries: tuple[str, ...] = option(doc="Entry schemas, relative to `dir`.", check=non_empty)
+    samples: tuple[str, ...] = option(
+        default=(), doc="Glob patterns (relative to `dir`) of documents that must validate."
+    )
+    invalid_samples: tuple[str, ...] = option(default=(), doc="Glob patterns of documents that must NOT validate.")
+    locations: dict[str, str] = option(
+        doc="`schemaLocation` as written in an XSD (usually a remote URL) = local file relative to `dir`.",
+        default_factory=dict,
+        parse=lambda raw, at: _locations(raw, at),
+        type_doc="table of path",
+    )
+
+    def finish(self, at: At) -> BundleConfig:
+        bundle_dir = self.dir.resolve()
+        locations: dict[str, Path] = {}
+        if at.ok("dir"):
+            for i, entry in enumerate(self.entries):
+                try:
+                    path = _inside(bundle_dir, entry)
+                except ConfigError as exc:
+                    at.child("entries").error(exc.reason, i)
+                    continue
+                if not path.is_file():
+                    at.child("entries").error(f"entry schema {path} does not exist", i)
+            for url, target in self.locations.items():
+                where = f'locations."{url}"'
+                try:
+                    path = _inside(bundle_dir, target)
+                except ConfigError as exc:
+                    at.error(exc.reason, where)
+                    continue
+                if not path.is_file():
+                    at.error(f"file {path} does not exist", where)
+                locations[url] = path
+        return BundleConfig(
+            name=self.name,
+            dir=bundle_dir,
+            entries=tuple(Path(e).as_posix() for e in self.entries),
+            samples=self.samples,
+            invalid_samples=self.invalid_samples,
+            locations=locations,
+        )
 
 
-def _reject_unknown(raw: Mapping[str, Any], known: frozenset[str], key: str, file: str) -> None:
-    for name in raw:
-        if name not in known:
-            raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", key=f"{key}.{name}", file=file)
+@options
+class SigningOptions:
+    key: SecretRef = option(
+        doc="PEM private key (RSA or EC), a secret reference.", hint='a secret: { file = "..." } or { env = "..." }'
+    )
+    cert: Path = option(doc="The matching certificate (PEM or DER); goes into KeyInfo.")
+
+    def finish(self, at: At) -> SigningConfig | None:
+        if not at.ok("cert"):
+            return None
+        try:
+            cert = _der(_load_certificates(self.cert))[0]
+        except ConfigError as exc:
+            at.error(exc.reason, "cert")
+            return None
+        return SigningConfig(key=self.key, cert=cert)
+
+
+@options
+class XoevOptions:
+    cache_dir: Path | None = option(
+        default=Path("var/xoev-cache"),
+        doc="On-disk cache of compiled schema indexes; `false` disables it.",
+        parse=_cache_dir,
+        type_doc="path or false",
+    )
+    max_bytes: int = option(default=20_000_000, doc="Largest XML document (bytes).", check=positive)
+    max_depth: int = option(default=256, doc="Deepest element nesting.", check=positive)
+    max_elements: int = option(default=500_000, doc="Most elements in one document.", check=positive)
+    max_attribute_chars: int = option(default=65_536, doc="Longest attribute value.", check=positive)
+    max_text_chars: int = option(default=10_000_000, doc="Longest text node.", check=positive)
+    max_issues: int = option(default=50, doc="Validation issues reported per document.", check=positive)
+    workers: int = option(default=2, doc="Validation worker processes.", check=positive)
+    validate_timeout: float = option(
+        default=30.0, doc="Seconds per document, then the worker is killed and replaced.", check=positive
+    )
+    bundles: tuple[BundleOptions, ...] = option(default=(), doc="Schema bundles (`[[xoev.bundles]]`).")
+    trusted_certs: tuple[bytes, ...] = option(
+        default=(),
+        doc="Certificates (PEM or DER files) whose XML signatures are trusted (pinned by SHA-256 fingerprint).",
+        parse=_trusted_certs,
+        type_doc="list of path",
+    )
+    signing: SigningOptions | None = option(default=None, doc="Outbound signing: `key` (secret) and `cert`.")
+
+    def finish(self, at: At) -> XoevConfig:
+        bundles = typing.cast("tuple[BundleConfig, ...]", self.bundles)
+        seen: set[str] = set()
+        for index, bundle in enumerate(bundles):
+            if bundle.name in seen:
+                at.child("bundles").child(index).error(f"duplicate bundle name {bundle.name!r}", "name")
+            seen.add(bundle.name)
+        cache_dir = self.cache_dir
+        if cache_dir is not None and not cache_dir.is_absolute():  # the default, relative to the config file
+            cache_dir = at.path(str(cache_dir)).resolve()
+        return XoevConfig(
+            bundles=bundles,
+            cache_dir=cache_dir,
+            max_bytes=self.max_bytes,
+            max_depth=self.max_depth,
+            max_elements=self.max_elements,
+            max_attribute_chars=self.max_attribute_chars,
+            max_text_chars=self.max_text_chars,
+            max_issues=self.max_issues,
+            workers=self.workers,
+            validate_timeout=self.validate_timeout,
+            trusted_certs=self.trusted_certs,
+            signing=typing.cast("SigningConfig | None", self.signing),
+        )
+
+
+def parse_xoev_config(raw: Mapping[str, Any], *, base_dir: Path, file: str) -> XoevConfig:
+    """The ``[xoev]`` table on its own; raises the first error (the gateway's loader reports all)."""
+    reader = Reader(ReadContext(base_dir=base_dir.resolve(), file=file))
+    config = reader.read(XoevOptions, raw, "xoev")
+    if config is None:
+        raise reader.errors[0]
+    return typing.cast("XoevConfig", config)

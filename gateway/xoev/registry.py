@@ -109,7 +109,7 @@ class SchemaRegistry:
             if self.cache is not None and bundle.index is not None:
                 schema = self.cache.load_schema(bundle.index)
             if schema is None:  # corrupt or vanished pickle: rebuild silently
-                log.info("xoev.cache.rebuild", bundle=bundle_name)
+                log.info("xoev_cache_rebuild", bundle=bundle_name)
                 rebuilt = self._build_bundle(bundle.config, {})
                 bundle.index, schema = rebuilt.index, rebuilt.schema
             bundle.schema = schema
@@ -125,7 +125,7 @@ class SchemaRegistry:
             except (etree.XMLSchemaParseError, etree.XMLSyntaxError, ClosureError, OSError) as exc:
                 bundle.lxml[namespace] = None
                 bundle.lxml_errors[namespace] = str(exc)
-                log.info("xoev.lxml.unavailable", bundle=bundle_name, namespace=namespace)
+                log.info("xoev_lxml_unavailable", bundle=bundle_name, namespace=namespace)
         return bundle.lxml[namespace]
 
     def warm(self) -> None:
@@ -196,8 +196,8 @@ class SchemaRegistry:
                 )
                 source = "built"
             except OSError as exc:  # a read-only cache must not stop the gateway
-                log.warning("xoev.cache.unwritable", bundle=bundle.name, error=str(exc))
-        log.info("xoev.bundle.compiled", bundle=bundle.name, seconds=round(time.perf_counter() - started, 3))
+                log.warning("xoev_cache_unwritable", bundle=bundle.name, error=str(exc))
+        log.info("xoev_bundle_compiled", bundle=bundle.name, seconds=round(time.perf_counter() - started, 3))
         return LoadedBundle(bundle, entries, source, index, schema)
 
 

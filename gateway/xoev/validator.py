@@ -171,7 +171,7 @@ class XoevValidator:
             self._discard(worker)
             raise ValidationUnavailable(f"a validation worker failed to start: {detail}")
         self.ready_seconds.append(float(detail))
-        log.info("xoev.worker.ready", pid=process.pid, seconds=round(float(detail), 3))
+        log.info("xoev_worker_ready", pid=process.pid, seconds=round(float(detail), 3))
         return worker
 
     def _start_replacement(self) -> None:
@@ -185,7 +185,7 @@ class XoevValidator:
         try:
             self._idle.put_nowait(await self._spawn())
         except ValidationUnavailable as exc:
-            log.error("xoev.worker.replacement_failed", error=str(exc))
+            log.error("xoev_worker_replacement_failed", error=str(exc))
 
     def _discard(self, worker: _Worker) -> None:
         self._workers.discard(worker)
@@ -219,11 +219,11 @@ class XoevValidator:
             )
         except TimeoutError:
             replace_worker = True
-            log.warning("xoev.worker.timeout", pid=worker.pid, seconds=self.timeout)
+            log.warning("xoev_worker_timeout", pid=worker.pid, seconds=self.timeout)
             raise XmlRejected("timeout", f"validation took longer than {self.timeout:g} s") from None
         except (EOFError, OSError) as exc:
             replace_worker = True
-            log.error("xoev.worker.died", pid=worker.pid)
+            log.error("xoev_worker_died", pid=worker.pid)
             raise ValidationUnavailable("the validation worker died while processing the document") from exc
         finally:
             if replace_worker:

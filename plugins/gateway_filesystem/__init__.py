@@ -8,6 +8,7 @@ from __future__ import annotations
 from gateway.adapters.base import AdapterType
 from gateway.hookspecs import hookimpl
 from gateway_filesystem.adapter import FilesystemAdapter, create
+from gateway_filesystem.options import FilesystemOptions
 
 __all__ = ["FilesystemAdapter", "create", "gateway_adapter_types"]
 
@@ -18,6 +19,7 @@ def gateway_adapter_types() -> list[AdapterType]:
         AdapterType(
             name="filesystem",
             create=create,
+            options=FilesystemOptions,
             description="writes each message atomically as a directory (data, attachments, manifest.json)",
         )
     ]

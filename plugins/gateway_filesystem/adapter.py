@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -31,11 +32,12 @@ import structlog
 
 from gateway.adapters.base import Adapter, AdapterContext, BlobReader, Delivery, DeliveryResult
 from gateway.model import BlobRef, Envelope
+from gateway.options import read_options
 from gateway.store.blobs import BlobStore, fsync_dir
 from gateway_filesystem.filenames import NameAllocator, data_filename, extension_for, sanitize_filename
 from gateway_filesystem.layout import LayoutError
 from gateway_filesystem.manifest import MANIFEST_NAME, FileEntry, is_complete, render_manifest
-from gateway_filesystem.options import FilesystemOptions, parse_options, probe_writable
+from gateway_filesystem.options import FilesystemOptions, prepare_directory, probe_writable
 
 logger = structlog.get_logger(__name__)
 
@@ -215,7 +217,7 @@ class FilesystemAdapter:
         final = self.options.directory.joinpath(*segments)
         reference = "/".join(segments)
         result = await self._deliver(envelope, delivery.blobs, final, reference)
-        log.info("filesystem.delivery", outcome=str(result.outcome), reason=result.reason, path=reference)
+        log.info("filesystem_delivery", outcome=str(result.outcome), reason=result.reason, path=reference)
         return result
 
     async def _deliver(self, envelope: Envelope, blobs: BlobReader, final: Path, reference: str) -> DeliveryResult:
@@ -404,6 +406,9 @@ class FilesystemAdapter:
         return True
 
 
-def create(ctx: AdapterContext, options: Mapping[str, Any]) -> Adapter:
-    """The ``AdapterType.create`` hook: validate options (``ConfigError``), prepare the directory."""
-    return FilesystemAdapter(ctx.name, parse_options(ctx, options))
+def create(ctx: AdapterContext, options: FilesystemOptions | Mapping[str, Any]) -> Adapter:
+    """The ``AdapterType.create`` hook, at start: prepare the directory. Raw options (a direct call)
+    are read first (``ConfigErrors`` with every problem)."""
+    if not isinstance(options, FilesystemOptions):
+        options = read_options(FilesystemOptions, options, base_dir=ctx.base_dir, production=ctx.production)
+    return FilesystemAdapter(ctx.name, dataclasses.replace(options, directory=prepare_directory(options)))

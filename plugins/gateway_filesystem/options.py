@@ -1,47 +1,85 @@
-"""Validation of ``[adapters.NAME]`` options for ``type = "filesystem"``."""
+"""``[adapters.NAME]`` options of ``type = "filesystem"``, declared for the gateway's option reader."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters.base import AdapterContext
 from gateway.errors import ConfigError
+from gateway.options import At, option, options
 from gateway_filesystem.layout import Layout
 
-KNOWN_OPTIONS = frozenset({"directory", "layout", "fsync", "dir_mode", "file_mode"})
 DEFAULT_LAYOUT = "{id}"
 
 
-@dataclass(frozen=True, slots=True)
+def _mode(owner_bits: int) -> Any:
+    def parse(raw: Any, at: At) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise ConfigError('must be an octal string such as "0750" or an integer such as 0o750')
+        if isinstance(raw, str):
+            digits = raw.removeprefix("0o")
+            if not digits or any(c not in "01234567" for c in digits):
+                raise ConfigError(f"not an octal mode: {raw!r}")
+            raw = int(digits, 8)
+        if not 0 <= raw <= 0o777:
+            raise ConfigError("must be between 0 and 0o777 (no setuid/setgid/sticky bits)")
+        if raw & owner_bits != owner_bits:
+            raise ConfigError(f"must grant the owner at least {owner_bits:o} (the gateway has to manage it)")
+        return int(raw)
+
+    return parse
+
+
+def _layout(raw: Any, at: At) -> Layout:
+    if not isinstance(raw, str):
+        raise ConfigError('must be a string such as "{received_date}/{id}"')
+    try:
+        return Layout.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def can_create(directory: Path) -> str | None:
+    """Whether ``directory`` exists writable or could be created (looks only: check-config changes nothing)."""
+    path = directory
+    while not path.exists():
+        if path.parent == path:
+            break
+        path = path.parent
+    if not path.is_dir():
+        return f"cannot create {directory}: {path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        what = "directory is not writable" if path == directory else f"cannot create it: {path} is not writable"
+        return f"{directory}: {what}"
+    return None
+
+
+@options
 class FilesystemOptions:
-    directory: Path  # absolute
-    layout: Layout
-    fsync: bool = True
-    dir_mode: int | None = None  # None: what the process umask gives
-    file_mode: int | None = None
-
-
-def _mode(options: Mapping[str, Any], key: str, owner_bits: int) -> int | None:
-    raw = options.get(key)
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise ConfigError('must be an octal string such as "0750" or an integer such as 0o750', key=key)
-    if isinstance(raw, str):
-        digits = raw.removeprefix("0o")
-        if not digits or any(c not in "01234567" for c in digits):
-            raise ConfigError(f"not an octal mode: {raw!r}", key=key)
-        raw = int(digits, 8)
-    if not 0 <= raw <= 0o777:
-        raise ConfigError("must be between 0 and 0o777 (no setuid/setgid/sticky bits)", key=key)
-    if raw & owner_bits != owner_bits:
-        raise ConfigError(f"must grant the owner at least {owner_bits:o} (the gateway has to manage it)", key=key)
-    return raw
+    directory: Path = option(
+        doc="The folder the Fachverfahren reads from (relative to gateway.toml; created at start if missing).",
+        hint="the folder the Fachverfahren reads from",
+        check=can_create,
+    )
+    layout: Layout = option(
+        default=Layout.parse(DEFAULT_LAYOUT),
+        doc="Where in `directory` a message goes, e.g. `{received_date}/{id}` (the last segment must be `{id}`).",
+        parse=_layout,
+        type_doc="string",
+        default_doc=f'"{DEFAULT_LAYOUT}"',
+    )
+    fsync: bool = option(default=True, doc="fsync files and directories before a delivery counts as done.")
+    dir_mode: int | None = option(
+        default=None,
+        doc="Mode of created directories (octal string or integer); default: the umask's.",
+        parse=_mode(0o700),
+        type_doc="octal mode",
+    )
+    file_mode: int | None = option(
+        default=None, doc="Mode of written files; default: the umask's.", parse=_mode(0o400), type_doc="octal mode"
+    )
 
 
 def probe_writable(directory: Path) -> str | None:
@@ -57,35 +95,9 @@ def probe_writable(directory: Path) -> str | None:
     return None
 
 
-def parse_options(ctx: AdapterContext, options: Mapping[str, Any]) -> FilesystemOptions:
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(f"unknown option; known: {', '.join(sorted(KNOWN_OPTIONS))}", key=unknown[0])
-
-    raw_dir = options.get("directory")
-    if raw_dir is None:
-        raise ConfigError("required (the folder the Fachverfahren reads from)", key="directory")
-    if not isinstance(raw_dir, str) or not raw_dir.strip():
-        raise ConfigError("must be a non-empty string", key="directory")
-    directory = Path(raw_dir)
-    if not directory.is_absolute():
-        directory = ctx.base_dir / directory
-
-    raw_layout = options.get("layout", DEFAULT_LAYOUT)
-    if not isinstance(raw_layout, str):
-        raise ConfigError('must be a string such as "{received_date}/{id}"', key="layout")
-    try:
-        layout = Layout.parse(raw_layout)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key="layout") from None
-
-    fsync = options.get("fsync", True)
-    if not isinstance(fsync, bool):
-        raise ConfigError("must be true or false", key="fsync")
-
-    dir_mode = _mode(options, "dir_mode", 0o700)
-    file_mode = _mode(options, "file_mode", 0o400)
-
+def prepare_directory(options: FilesystemOptions) -> Path:
+    """At start (not while checking): create the folder and prove it is writable; its absolute path."""
+    directory = options.directory
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -93,4 +105,4 @@ def parse_options(ctx: AdapterContext, options: Mapping[str, Any]) -> Filesystem
     problem = probe_writable(directory)
     if problem is not None:
         raise ConfigError(f"{directory}: {problem}", key="directory")
-    return FilesystemOptions(directory.resolve(), layout, fsync, dir_mode, file_mode)
+    return directory.resolve()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from gateway.adapters.base import AdapterType
 from gateway.hookspecs import hookimpl
 from gateway_webhook.adapter import WebhookAdapter, create
+from gateway_webhook.options import WebhookAdapterOptions
 
 __all__ = ["WebhookAdapter", "create", "gateway_adapter_types"]
 
@@ -18,6 +19,7 @@ def gateway_adapter_types() -> list[AdapterType]:
         AdapterType(
             name="webhook",
             create=create,
+            options=WebhookAdapterOptions,
             description="POSTs each message as JSON (inline base64) or multipart/form-data to an HTTP endpoint",
         )
     ]

@@ -15,8 +15,9 @@ import aiohttp
 import structlog
 
 from gateway.adapters.base import Adapter, AdapterContext, Delivery, DeliveryResult
+from gateway.options import read_options
 from gateway_webhook.body import BlobMismatch, BlobReadError, VerifiedBlobPayload, json_body, multipart_body
-from gateway_webhook.options import WebhookOptions, parse_options
+from gateway_webhook.options import WebhookAdapterOptions, WebhookOptions
 from gateway_webhook.status import MAX_REFERENCE_BODY, classify, reference_from
 
 logger = structlog.get_logger(__name__)
@@ -78,7 +79,7 @@ class WebhookAdapter:
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
         log = logger.bind(adapter=self.name, message_id=delivery.envelope.id, attempt=delivery.attempt)
         result = await self._deliver(delivery)
-        log.info("webhook.delivery", outcome=str(result.outcome), reason=result.reason)
+        log.info("webhook_delivery", outcome=str(result.outcome), reason=result.reason)
         return result
 
     async def _deliver(self, delivery: Delivery) -> DeliveryResult:
@@ -139,9 +140,13 @@ class WebhookAdapter:
             return DeliveryResult.transient(f"connection to {url.host}:{url.port} failed: {type(exc).__name__}")
 
 
-def create(ctx: AdapterContext, options: Mapping[str, Any]) -> Adapter:
-    """The ``AdapterType.create`` hook: validate options (``ConfigError``); no network traffic yet."""
-    parsed = parse_options(ctx, options)
+def create(ctx: AdapterContext, options: WebhookOptions | Mapping[str, Any]) -> Adapter:
+    """The ``AdapterType.create`` hook; no network traffic yet. Raw options (a direct call) are read
+    first (``ConfigErrors`` with every problem)."""
+    parsed = options
+    if not isinstance(parsed, WebhookOptions):
+        parsed = read_options(WebhookAdapterOptions, parsed, base_dir=ctx.base_dir, production=ctx.production)  # type: ignore[assignment]
+    assert isinstance(parsed, WebhookOptions)
     if parsed.url.scheme == "http" and parsed.auth_token is not None:
-        logger.warning("webhook.insecure_token", adapter=ctx.name, reason="bearer token over plain http")
+        logger.warning("webhook_insecure_token", adapter=ctx.name, reason="bearer token over plain http")
     return WebhookAdapter(ctx.name, parsed)

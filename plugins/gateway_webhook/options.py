@@ -1,4 +1,4 @@
-"""Validation of ``[adapters.NAME]`` options for ``type = "webhook"``."""
+"""``[adapters.NAME]`` options of ``type = "webhook"``, declared for the gateway's option reader."""
 
 from __future__ import annotations
 
@@ -12,24 +12,11 @@ from typing import Any, Literal
 
 from yarl import URL
 
-from gateway.adapters.base import AdapterContext
 from gateway.errors import ConfigError
+from gateway.options import At, failed, option, options
+from gateway.options.checks import between
+from gateway.secrets import SecretRef
 
-KNOWN_OPTIONS = frozenset(
-    {
-        "url",
-        "format",
-        "max_inline_bytes",
-        "timeout",
-        "connect_timeout",
-        "headers",
-        "auth_token",
-        "ca_file",
-        "client_cert",
-        "client_key",
-        "max_connections",
-    }
-)
 DEFAULT_MAX_INLINE_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -72,20 +59,6 @@ class WebhookOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
-def _number(options: Mapping[str, Any], key: str, default: float, maximum: float) -> float:
-    raw = options.get(key, default)
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= maximum:
-        raise ConfigError(f"must be a number of seconds, greater than 0 and at most {maximum:g}", key=key)
-    return float(raw)
-
-
-def _integer(options: Mapping[str, Any], key: str, default: int, maximum: int) -> int:
-    raw = options.get(key, default)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= maximum:
-        raise ConfigError(f"must be an integer between 1 and {maximum}", key=key)
-    return raw
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -95,124 +68,140 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _url(ctx: AdapterContext, options: Mapping[str, Any]) -> URL:
-    raw = options.get("url")
-    if raw is None:
-        raise ConfigError("required (the Fachverfahren's endpoint)", key="url")
+def _url(raw: Any, at: At) -> URL:
     if not isinstance(raw, str):
-        raise ConfigError("must be a string", key="url")
+        raise ConfigError("must be a string")
     try:
         url = URL(raw)
     except ValueError:
-        raise ConfigError("not a valid URL", key="url") from None
+        raise ConfigError("not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError("must be an absolute http:// or https:// URL", key="url")
+        raise ConfigError("must be an absolute http:// or https:// URL")
     if url.user is not None or url.password is not None:
-        raise ConfigError("must not contain credentials; use auth_token", key="url")
+        raise ConfigError("must not contain credentials; use auth_token")
     if url.fragment:
-        raise ConfigError("must not contain a fragment", key="url")
-    if ctx.production and url.scheme == "http" and not _is_loopback(url.host):
-        raise ConfigError("plain http is refused in production (except to loopback); use https", key="url")
+        raise ConfigError("must not contain a fragment")
+    if at.ctx.production and url.scheme == "http" and not _is_loopback(url.host):
+        raise ConfigError("plain http is refused in production (except to loopback); use https")
     return url
 
 
-def _headers(options: Mapping[str, Any]) -> dict[str, str]:
-    raw = options.get("headers", {})
+def _headers(raw: Any, at: At) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError("must be a table of header names to string values", key="headers")
+        raise ConfigError("must be a table of header names to string values")
     headers: dict[str, str] = {}
     for name, value in raw.items():
-        key = f"headers.{name}"
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            raise ConfigError("not a valid HTTP header name", key=key)
-        if name.lower() in RESERVED_HEADERS:
-            raise ConfigError("set by the adapter (secrets go into auth_token); cannot be configured", key=key)
-        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
-            raise ConfigError("must be a string without control characters", key=key)
-        headers[name] = value
-    return headers
+            at.error("not a valid HTTP header name", str(name))
+        elif name.lower() in RESERVED_HEADERS:
+            at.error("set by the adapter (secrets go into auth_token); cannot be configured", name)
+        elif not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            at.error("must be a string without control characters", name)
+        else:
+            headers[name] = value
+    return failed() if at.reader.failed(at.key) else headers
 
 
-def _auth_token(ctx: AdapterContext, options: Mapping[str, Any]) -> str | None:
-    if "auth_token" not in options:
-        return None
-    if not isinstance(options["auth_token"], Mapping):
-        raise ConfigError('must be { file = "..." } or { env = "..." }; never the secret itself', key="auth_token")
-    try:
-        token = ctx.resolve_secret(options, "auth_token")
-    except ConfigError as exc:
-        raise exc if exc.key else ConfigError(exc.reason, key="auth_token") from None
-    if token is None:
-        return None
-    token = token.strip()
-    if not _BEARER.fullmatch(token):
+def _bearer(ref: SecretRef | None) -> str | None:
+    if ref is not None and not _BEARER.fullmatch(ref.resolve()):
         # Never echo the value: say only what is wrong with it.
-        raise ConfigError("the secret is empty or not a valid bearer token (RFC 6750 characters)", key="auth_token")
-    return token
+        return "the secret is empty or not a valid bearer token (RFC 6750 characters)"
+    return None
 
 
-def _path(ctx: AdapterContext, options: Mapping[str, Any], key: str) -> Path | None:
-    raw = options.get(key)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError("must be a non-empty path string", key=key)
-    path = Path(raw)
-    path = path if path.is_absolute() else ctx.base_dir / path
-    if not path.is_file():
-        raise ConfigError(f"file not found: {path}", key=key)
-    return path
+def _exists(path: Path | None) -> str | None:
+    return None if path is None or path.is_file() else f"file not found: {path}"
 
 
-def _ssl_context(ctx: AdapterContext, options: Mapping[str, Any], url: URL) -> ssl.SSLContext | None:
-    ca_file = _path(ctx, options, "ca_file")
-    client_cert = _path(ctx, options, "client_cert")
-    client_key = _path(ctx, options, "client_key")
-    if ca_file is None and client_cert is None and client_key is None:
-        return None
-    if url.scheme != "https":
-        key = "ca_file" if ca_file else "client_cert" if client_cert else "client_key"
-        raise ConfigError("TLS options need an https:// url", key=key)
-    if client_key is not None and client_cert is None:
-        raise ConfigError("client_key needs client_cert", key="client_key")
-    try:
-        # With ca_file only that CA is trusted (a private PKI), not the system store.
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load CA certificates: {exc.__class__.__name__}", key="ca_file") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if client_cert is not None:
-        try:
-            context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
-        except (OSError, ssl.SSLError) as exc:
-            # The message of SSLError never contains key material, but keep it to the class name.
-            raise ConfigError(
-                f"cannot load client certificate/key: {exc.__class__.__name__}", key="client_cert"
-            ) from None
-    return context
+def _seconds(value: float) -> str | None:
+    return None if 0 < value <= 3600 else "must be a number of seconds, greater than 0 and at most 3600"
 
 
-def parse_options(ctx: AdapterContext, options: Mapping[str, Any]) -> WebhookOptions:
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(f"unknown option; known: {', '.join(sorted(KNOWN_OPTIONS))}", key=unknown[0])
-    url = _url(ctx, options)
-    body_format = options.get("format", "json")
-    if body_format not in ("json", "multipart"):
-        raise ConfigError('must be "json" or "multipart"', key="format")
-    max_inline = _integer(options, "max_inline_bytes", DEFAULT_MAX_INLINE_BYTES, 1 << 30)
-    timeout = _number(options, "timeout", DEFAULT_TIMEOUT, 3600)
-    connect_timeout = _number(options, "connect_timeout", min(DEFAULT_CONNECT_TIMEOUT, timeout), 3600)
-    if connect_timeout > timeout:
-        raise ConfigError("must not be larger than timeout", key="connect_timeout")
-    return WebhookOptions(
-        url=url,
-        format=body_format,
-        max_inline_bytes=max_inline,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        headers=_headers(options),
-        auth_token=_auth_token(ctx, options),
-        ssl_context=_ssl_context(ctx, options, url),
-        max_connections=_integer(options, "max_connections", DEFAULT_MAX_CONNECTIONS, 1000),
+@options
+class WebhookAdapterOptions:
+    url: URL = option(
+        doc="The Fachverfahren's endpoint (`https://`; `http://` only to loopback in production).",
+        hint="the Fachverfahren's endpoint",
+        parse=_url,
+        type_doc="URL",
     )
+    format: Literal["json", "multipart"] = option(
+        default="json", doc="Body: one JSON document, or multipart/form-data."
+    )
+    max_inline_bytes: int = option(
+        default=DEFAULT_MAX_INLINE_BYTES,
+        doc='Largest message for `format = "json"` (parts are inlined as base64).',
+        check=between(1, 1 << 30, what="an integer"),
+    )
+    timeout: float = option(default=DEFAULT_TIMEOUT, doc="Seconds for the whole request.", check=_seconds)
+    connect_timeout: float | None = option(
+        default=None,
+        doc="Seconds to connect.",
+        check=lambda v: _seconds(v) if v is not None else None,
+        default_doc=f"min({DEFAULT_CONNECT_TIMEOUT:g}, timeout)",
+    )
+    headers: dict[str, str] = option(
+        doc="Static request headers (no secrets: those go into `auth_token`).",
+        default_factory=dict,
+        parse=_headers,
+        type_doc="table of string",
+    )
+    auth_token: SecretRef | None = option(default=None, doc="Bearer token sent as `Authorization`.", check=_bearer)
+    ca_file: Path | None = option(
+        default=None, doc="Trust only this CA (PEM) for the endpoint's certificate.", check=_exists
+    )
+    client_cert: Path | None = option(default=None, doc="Client certificate (PEM) for mutual TLS.", check=_exists)
+    client_key: Path | None = option(default=None, doc="Key of `client_cert` (PEM).", check=_exists)
+    max_connections: int = option(
+        default=DEFAULT_MAX_CONNECTIONS,
+        doc="Open connections to the endpoint at most.",
+        check=between(1, 1000, what="an integer"),
+    )
+
+    def finish(self, at: At) -> WebhookOptions:
+        connect_timeout = (
+            self.connect_timeout if self.connect_timeout is not None else min(DEFAULT_CONNECT_TIMEOUT, self.timeout)
+        )
+        if connect_timeout > self.timeout:
+            at.error("must not be larger than timeout", "connect_timeout")
+        token = self.auth_token.resolve().strip() if self.auth_token is not None else None
+        return WebhookOptions(
+            url=self.url,
+            format=self.format,
+            max_inline_bytes=self.max_inline_bytes,
+            timeout=self.timeout,
+            connect_timeout=connect_timeout,
+            headers=self.headers,
+            auth_token=token,
+            ssl_context=self._ssl_context(at),
+            max_connections=self.max_connections,
+        )
+
+    def _ssl_context(self, at: At) -> ssl.SSLContext | None:
+        ca_file, client_cert, client_key = self.ca_file, self.client_cert, self.client_key
+        if ca_file is None and client_cert is None and client_key is None:
+            return None
+        if self.url.scheme != "https":
+            at.error(
+                "TLS options need an https:// url",
+                "ca_file" if ca_file else "client_cert" if client_cert else "client_key",
+            )
+            return None
+        if client_key is not None and client_cert is None:
+            at.error("client_key needs client_cert", "client_key")
+            return None
+        try:
+            # With ca_file only that CA is trusted (a private PKI), not the system store.
+            context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            at.error(f"cannot load CA certificates: {exc.__class__.__name__}", "ca_file")
+            return None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if client_cert is not None:
+            try:
+                context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+            except (OSError, ssl.SSLError) as exc:
+                # The message of SSLError never contains key material, but keep it to the class name.
+                at.error(f"cannot load client certificate/key: {exc.__class__.__name__}", "client_cert")
+                return None
+        return context

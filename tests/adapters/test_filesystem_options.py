@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from adapters.blobdir import make_context
-from gateway.errors import ConfigError
+from gateway.errors import ConfigErrors
 from gateway_filesystem import FilesystemAdapter, create
 from gateway_filesystem.layout import Layout
 
@@ -16,9 +16,13 @@ from gateway_filesystem.layout import Layout
     ("options", "key", "reason_part"),
     [
         ({}, "directory", "required"),
-        ({"directory": ""}, "directory", "non-empty string"),
-        ({"directory": 5}, "directory", "non-empty string"),
-        ({"directory": "out", "dirctory": "typo"}, "dirctory", "unknown option"),
+        ({"directory": ""}, "directory", "must be a non-empty path"),
+        ({"directory": 5}, "directory", "expected str, got int"),
+        (
+            {"directory": "out", "dirctory": "typo"},
+            "dirctory",
+            "unknown key (known: dir_mode, directory, file_mode, fsync, layout)",
+        ),
         ({"directory": "out", "layout": 1}, "layout", "must be a string"),
         ({"directory": "out", "layout": "{id}/{received_date}"}, "layout", "last path segment"),
         ({"directory": "out", "layout": "../{id}"}, "layout", "must not start with '.'"),
@@ -34,8 +38,8 @@ from gateway_filesystem.layout import Layout
         ({"directory": "out", "layout": "{/{id}"}, "layout", "placeholder syntax"),
         ({"directory": "out", "layout": "{id}/{id}"}, "layout", "last path segment"),
         ({"directory": "out", "layout": "a/b/c/d/e/{id}"}, "layout", "at most 5"),
-        ({"directory": "out", "fsync": "yes"}, "fsync", "true or false"),
-        ({"directory": "out", "fsync": 1}, "fsync", "true or false"),
+        ({"directory": "out", "fsync": "yes"}, "fsync", "expected bool, got str"),
+        ({"directory": "out", "fsync": 1}, "fsync", "expected bool, got int"),
         ({"directory": "out", "dir_mode": "rwx"}, "dir_mode", "not an octal mode"),
         ({"directory": "out", "dir_mode": True}, "dir_mode", "octal string"),
         ({"directory": "out", "dir_mode": 0o4755}, "dir_mode", "between 0 and 0o777"),
@@ -45,10 +49,11 @@ from gateway_filesystem.layout import Layout
     ],
 )
 def test_bad_options(tmp_path: Path, options: dict[str, Any], key: str, reason_part: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigErrors) as raised:
         create(make_context(tmp_path), options)
-    assert info.value.key == key
-    assert reason_part in info.value.reason
+    (error,) = raised.value.errors
+    assert error.key == key
+    assert reason_part in error.reason
 
 
 def test_creates_relative_directory_against_base_dir(tmp_path: Path) -> None:
@@ -64,19 +69,21 @@ def test_creates_relative_directory_against_base_dir(tmp_path: Path) -> None:
 
 def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigErrors) as raised:
         create(make_context(tmp_path), {"directory": "file/out"})
-    assert info.value.key == "directory"
-    assert "cannot create" in info.value.reason
+    (error,) = raised.value.errors
+    assert error.key == "directory"
+    assert "cannot create" in error.reason
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_directory_not_writable(tmp_path: Path) -> None:
     (tmp_path / "ro").mkdir(mode=0o555)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigErrors) as raised:
         create(make_context(tmp_path), {"directory": "ro"})
-    assert info.value.key == "directory"
-    assert "not writable" in info.value.reason
+    (error,) = raised.value.errors
+    assert error.key == "directory"
+    assert "not writable" in error.reason
 
 
 @pytest.mark.parametrize(

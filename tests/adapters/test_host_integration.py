@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from adapters.blobdir import make_envelope
 from adapters.webhook_receiver import Receiver
 from gateway.adapters.base import AdapterContext, Delivery, DeliveryOutcome
-from gateway.errors import ConfigError
+from gateway.errors import ConfigErrors
 from gateway.model import BlobRef, Envelope
 from gateway.secrets import secret_resolver
 from gateway.store.blobs import BlobStore
@@ -132,6 +132,7 @@ async def test_webhook_with_real_secret_resolver(
 def test_webhook_secret_errors_from_the_host_resolver_name_the_key(
     tmp_path: Path, auth_token: dict[str, str], key: str
 ) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigErrors) as raised:
         create_webhook(context(tmp_path), {"url": "https://fv.example/in", "auth_token": auth_token})
-    assert info.value.key == key
+    (error,) = raised.value.errors
+    assert error.key == key

@@ -7,7 +7,7 @@ import pytest
 
 from adapters.blobdir import make_context
 from adapters.pki import make_pki
-from gateway.errors import ConfigError
+from gateway.errors import ConfigErrors
 from gateway_webhook import WebhookAdapter, create
 
 URL = "https://fachverfahren.example/inbox"
@@ -22,16 +22,21 @@ URL = "https://fachverfahren.example/inbox"
         ({"url": "/relative"}, "url", "http:// or https://"),
         ({"url": "https://user:pw@host/x"}, "url", "credentials"),
         ({"url": "https://host/x#frag"}, "url", "fragment"),
-        ({"url": URL, "fromat": "json"}, "fromat", "unknown option"),
-        ({"url": URL, "format": "xml"}, "format", '"json" or "multipart"'),
+        (
+            {"url": URL, "fromat": "json"},
+            "fromat",
+            "unknown key (known: auth_token, ca_file, client_cert, client_key, connect_timeout, "
+            "format, headers, max_connections, max_inline_bytes, timeout, url)",
+        ),
+        ({"url": URL, "format": "xml"}, "format", "must be 'json' or 'multipart'"),
         ({"url": URL, "max_inline_bytes": 0}, "max_inline_bytes", "integer between 1"),
-        ({"url": URL, "max_inline_bytes": "10MB"}, "max_inline_bytes", "integer between 1"),
+        ({"url": URL, "max_inline_bytes": "10MB"}, "max_inline_bytes", "expected int, got str"),
         ({"url": URL, "timeout": 0}, "timeout", "greater than 0"),
-        ({"url": URL, "timeout": True}, "timeout", "number of seconds"),
-        ({"url": URL, "timeout": "30"}, "timeout", "number of seconds"),
+        ({"url": URL, "timeout": True}, "timeout", "expected float, got bool"),
+        ({"url": URL, "timeout": "30"}, "timeout", "expected float, got str"),
         ({"url": URL, "timeout": 5, "connect_timeout": 10}, "connect_timeout", "not be larger than timeout"),
         ({"url": URL, "max_connections": 0}, "max_connections", "integer between 1"),
-        ({"url": URL, "max_connections": 2.5}, "max_connections", "integer between 1"),
+        ({"url": URL, "max_connections": 2.5}, "max_connections", "expected int, got float"),
         ({"url": URL, "headers": "X-A: b"}, "headers", "table"),
         ({"url": URL, "headers": {"Bad Name": "x"}}, "headers.Bad Name", "header name"),
         ({"url": URL, "headers": {"X-A": "a\r\nInjected: yes"}}, "headers.X-A", "control characters"),
@@ -39,11 +44,11 @@ URL = "https://fachverfahren.example/inbox"
         ({"url": URL, "headers": {"authorization": "Bearer x"}}, "headers.authorization", "auth_token"),
         ({"url": URL, "headers": {"Idempotency-Key": "x"}}, "headers.Idempotency-Key", "set by the adapter"),
         ({"url": URL, "headers": {"Content-Length": "1"}}, "headers.Content-Length", "set by the adapter"),
-        ({"url": URL, "auth_token": "inline-secret"}, "auth_token", "never the secret itself"),
+        ({"url": URL, "auth_token": "inline-secret"}, "auth_token", "must not be written inline"),
         ({"url": URL, "auth_token": {"file": "missing.txt"}}, "auth_token", "cannot read"),
         ({"url": URL, "auth_token": {"env": "GATEWAY_TEST_UNSET_VARIABLE"}}, "auth_token", "not set"),
         ({"url": URL, "auth_token": {"file": "bad-token.txt"}}, "auth_token", "not a valid bearer token"),
-        ({"url": URL, "auth_token": {"file": "empty.txt"}}, "auth_token", "not a valid bearer token"),
+        ({"url": URL, "auth_token": {"file": "empty.txt"}}, "auth_token", "is empty"),
         ({"url": URL, "ca_file": "nope.pem"}, "ca_file", "file not found"),
         ({"url": URL, "ca_file": "garbage.pem"}, "ca_file", "cannot load CA"),
         ({"url": URL, "client_key": "pki/client.key"}, "client_key", "needs client_cert"),
@@ -57,11 +62,12 @@ def test_bad_options(tmp_path: Path, options: dict[str, Any], key: str, reason_p
     (tmp_path / "bad-token.txt").write_text("two words\n")
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigErrors) as raised:
         create(make_context(tmp_path, production=False), options)
-    assert info.value.key == key
-    assert reason_part in info.value.reason
-    assert "two words" not in str(info.value)  # a secret is never echoed
+    (error,) = raised.value.errors
+    assert error.key == key
+    assert reason_part in error.reason
+    assert "two words" not in str(raised.value)  # a secret is never echoed
 
 
 def test_defaults_and_secret_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,7 +106,8 @@ def test_production_refuses_plain_http_except_loopback(tmp_path: Path, url: str,
     if allowed:
         create(ctx, {"url": url})
     else:
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ConfigErrors) as raised:
             create(ctx, {"url": url})
-        assert info.value.key == "url"
+        (error,) = raised.value.errors
+        assert error.key == "url"
     create(make_context(tmp_path, production=False), {"url": url})  # fine outside production

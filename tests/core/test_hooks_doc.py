@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HOOKSPECS = REPO_ROOT / "gateway" / "hookspecs.py"
+# The core's hooks and the hooks channels add (a channel plugin's HOOKSPECS module).
+HOOKSPEC_MODULES = (REPO_ROOT / "gateway" / "hookspecs.py", REPO_ROOT / "gateway" / "xoev" / "hookspecs.py")
 HOOKS_MD = REPO_ROOT / "docs" / "hooks.md"
 
 
 def hookspecs() -> list[tuple[str, str, bool]]:
     """(name, signature, firstresult) of every ``@hookspec`` function."""
-    tree = ast.parse(HOOKSPECS.read_text(encoding="utf-8"))
     specs = []
-    for node in tree.body:
+    for node in (n for m in HOOKSPEC_MODULES for n in ast.parse(m.read_text(encoding="utf-8")).body):
         if not isinstance(node, ast.FunctionDef) or not node.name.startswith("gateway_"):
             continue
         decorators = [ast.unparse(d) for d in node.decorator_list]

@@ -128,7 +128,7 @@ async def test_unroutable_is_rejected_with_no_route(tmp_path: Path) -> None:
 
 async def test_draining_intake_refuses(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        h.intake.draining = True
+        h.intake.drain.begin()
         with pytest.raises(IntakeClosed):
             await h.receive()
         assert (await h.store.count_by_state())["received"] == 0

@@ -4,6 +4,7 @@ block lists filter them, mistakes fail startup, and a separately installed vendo
 from __future__ import annotations
 
 import argparse
+import json
 import types
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from gateway.model import MessageState
 from gateway.plugins import PluginHost, resolve
 from gateway.runtime import build_runtime
 from gateway.xoev.identity import MessageIdentity
+from gateway.xoev.understanding import identify
 
 ACME_MODULE = '''
 """ACME Fachverfahren adapter: writes each message's data part to <inbox>/<id>.bin."""
@@ -111,7 +113,8 @@ def test_bundled_plugins_come_through_entry_points() -> None:
         assert (info.distribution, info.version, info.builtin) == ("ozg-gateway", __version__, False)
         assert info.adapter_types == (name,)
         assert info.module == f"gateway_{name}"
-    assert infos["gateway.builtin_plugins"].builtin
+    assert infos["gateway.sources.fitconnect.plugin"].builtin  # the channels: entry-point group gateway.builtin
+    assert infos["gateway.xoev.subsystem"].builtin
     assert {"filesystem", "webhook"} <= set(host.adapter_types)
 
 
@@ -237,10 +240,11 @@ def test_xoev_identify_first_result_wins() -> None:
 
     root = etree.fromstring(b'<b:baugenehmigung.antrag.0200 xmlns:b="urn:xbau" id="m-1"/>')
     host = PluginHost.load(entry_points_enabled=False, extra=[XBau(), NotMine()])
-    identity = host.xoev_identify("urn:xbau", "baugenehmigung.antrag.0200", root)
+    identity = identify(host.pm.hook, root)
     assert identity == MessageIdentity("xbau", "2.3", "baugenehmigung.antrag.0200", "urn:xbau", message_id="m-1")
     assert calls == ["not-mine", "xbau"]  # later-registered first (pluggy LIFO); stops at the first answer
-    assert PluginHost.load(entry_points_enabled=False, extra=[NotMine()]).xoev_identify("urn:x", "y", root) is None
+    hook = PluginHost.load(entry_points_enabled=False, extra=[NotMine()]).pm.hook
+    assert hook.gateway_xoev_identify(namespace="urn:x", local_name="y", root=root) is None
 
 
 def test_add_commands_hook(capsys: pytest.CaptureFixture[str]) -> None:
@@ -333,3 +337,20 @@ def test_vendor_options_validated_by_check_config(
     path = write_config(tmp_path, text)
     assert main(["check-config", str(path)]) == 2
     assert f"error: {path}: adapters.vendor.inbox: exactly one option: inbox" in capsys.readouterr().err
+
+
+def test_plugins_options_prints_what_a_type_declares(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(["plugins", "--options", "adapter:filesystem", "-c", "/nonexistent.toml"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith('[adapters.NAME] type = "filesystem": ')
+    assert "directory  (path; required)\n    The folder the Fachverfahren reads from" in out
+    assert 'layout  (string; default "{id}")' in out
+    assert main(["plugins", "--options", "xoev", "--json", "-c", "/nonexistent.toml"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    keys = [o["key"] for o in described["options"]]
+    assert described["kind"] == "subsystem"
+    assert {"workers", "bundles[].name", "bundles[].entries", "signing.key"} <= set(keys)
+    assert main(["plugins", "--options", "carrier-pigeon", "-c", "/nonexistent.toml"]) == 2
+    assert "no adapter, source or subsystem type 'carrier-pigeon'" in capsys.readouterr().err

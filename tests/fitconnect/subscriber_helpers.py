@@ -34,7 +34,7 @@ from gateway.fitconnect.sets import EVENT_PREFIX
 from gateway.http.app import create_app
 from gateway.model import MessageState
 from gateway.runtime import Runtime, build_runtime
-from gateway.sources.fitconnect import options as options_module
+from gateway.sources.fitconnect import subsystem as options_module  # where key files are loaded
 from gateway.store.base import StoredMessage
 from gateway_sandbox.online_service.sender import (
     Breakage,

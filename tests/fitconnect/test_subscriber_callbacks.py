@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.fitconnect.callbacks import CALLBACK_NEW_EVENTS, sign_callback
-from gateway.metrics import Metrics
 from gateway.sources.fitconnect.callback import MAX_CALLBACK_BODY, callback_handler
+from gateway.sources.fitconnect.subsystem import FitConnectMetrics, FitConnectSubsystem
 
 from .subscriber_helpers import ACCEPT, Gateway, e2e, eventually
 
@@ -34,7 +34,9 @@ HMAC = (
 
 
 class Endpoint:
-    def __init__(self, client: TestClient[Any, Any], metrics: Metrics, triggered: list[int], now: list[float]) -> None:
+    def __init__(
+        self, client: TestClient[Any, Any], metrics: FitConnectMetrics, triggered: list[int], now: list[float]
+    ) -> None:
         self.client = client
         self.metrics = metrics
         self.triggered = triggered
@@ -53,9 +55,15 @@ class Endpoint:
         return value
 
 
+def fitconnect_metrics(gw: Any) -> FitConnectMetrics:
+    subsystem = gw.runtime.subsystems["fitconnect"]
+    assert isinstance(subsystem, FitConnectSubsystem)
+    return subsystem.metrics
+
+
 @pytest.fixture
 async def endpoint(aiohttp_client: Any) -> Endpoint:
-    metrics = Metrics()
+    metrics = FitConnectSubsystem().metrics
     triggered: list[int] = []
     now = [int(TIMESTAMP) + 10.0]
     handler = callback_handler(
@@ -159,13 +167,13 @@ async def test_oversized_body_is_refused_unread(endpoint: Endpoint) -> None:
 
 def polls(gw: Gateway) -> float:
     assert gw.runtime is not None
-    value: float = gw.runtime.metrics.polls.labels("fc", "ok")._value.get()
+    value: float = fitconnect_metrics(gw).polls.labels("fc", "ok")._value.get()
     return value
 
 
 def invalid(gw: Gateway, reason: str) -> float:
     assert gw.runtime is not None
-    value: float = gw.runtime.metrics.callbacks_invalid.labels("fc", reason)._value.get()
+    value: float = fitconnect_metrics(gw).callbacks_invalid.labels("fc", reason)._value.get()
     return value
 
 

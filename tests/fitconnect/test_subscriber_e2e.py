@@ -178,7 +178,7 @@ async def test_poll_only_pickup_without_callbacks(tmp_path: Path, fitconnect_sha
         sent = [await gw.send() for _ in range(3)]
         for s in sent:
             assert (await gw.outcome(s)).event == ACCEPT
-        polls = gw.runtime.metrics.polls.labels("fc", "ok")._value.get()  # type: ignore[union-attr]
+        polls = gw.runtime.subsystems["fitconnect"].metrics.polls.labels("fc", "ok")._value.get()  # type: ignore[union-attr]
         assert polls >= 1
 
 
@@ -195,7 +195,7 @@ async def test_callback_triggers_immediate_pickup(tmp_path: Path, fitconnect_sha
         assert (await gw.outcome(sent, within=20)).event == ACCEPT
         deliveries = await gw.sandbox.wait_for_deliveries(1)
         assert deliveries[0]["state"] == "delivered"
-        invalid = gw.runtime.metrics.callbacks_invalid  # type: ignore[union-attr]
+        invalid = gw.runtime.subsystems["fitconnect"].metrics.callbacks_invalid  # type: ignore[union-attr]
         assert not [m for m in invalid.collect()[0].samples if m.name.endswith("_total") and m.value]
 
 

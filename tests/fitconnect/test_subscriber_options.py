@@ -17,7 +17,7 @@ from gateway.metrics import Metrics
 from gateway.runtime import build_runtime
 from gateway.secrets import secret_resolver
 from gateway.sources.base import SourceContext
-from gateway.sources.fitconnect import options as options_module
+from gateway.sources.fitconnect import subsystem as options_module  # where key files are loaded
 from gateway.sources.fitconnect.options import parse_options
 from gateway.sources.fitconnect.source import FitConnectSource
 from gateway.store.blobs import BlobStore
@@ -74,6 +74,26 @@ def options(tmp_path: Path, metadata_dir: Path, **changes: Any) -> dict[str, Any
     return {k: v for k, v in base.items() if v is not None}
 
 
+ADAPTER_TOML = '[adapters.fs]\ntype = "filesystem"\ndirectory = "out"\n[[routes]]\nname = "all"\nadapter = "fs"\n'
+
+
+def source_toml(name: str, destination: str, metadata_dir: Path) -> str:
+    """``[sources.NAME]`` of a fitconnect source with the sandbox keys (client secret: client.secret)."""
+    keys = sandbox_keys()
+    return f"""[sources.{name}]
+type = "fitconnect"
+submission_api_url = "https://zsd.example.org"
+token_url = "https://auth.example.org/token"
+client_id = "x-{name}"
+client_secret = {{ file = "client.secret" }}
+destination_id = "{destination}"
+decryption_keys = ["{keys.encryption_private}"]
+signing_key = "{keys.signing_private}"
+allow_self_signed = true
+metadata_schema_dirs = ["{metadata_dir}"]
+"""
+
+
 def refused(tmp_path: Path, raw: dict[str, Any], *, production: bool = False) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse_options(context(tmp_path, production=production), raw)
@@ -96,7 +116,7 @@ def test_defaults(tmp_path: Path, fitconnect_shared: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "key", "text"),
     [
-        ({"polling": 5}, "polling", "unknown option"),
+        ({"polling": 5}, "polling", "unknown key (known: accept_policy, allow_missing_metadata_schema, "),
         ({"poll_interval": "5"}, "poll_interval", "expected float"),
         ({"poll_interval": 0}, "poll_interval", "> 0"),
         ({"poll_interval": True}, "poll_interval", "expected float"),
@@ -222,26 +242,7 @@ def test_callback_route_only_with_a_secret(tmp_path: Path, fitconnect_shared: Pa
 def test_errors_are_located_in_gateway_toml(tmp_path: Path, fitconnect_shared: Path) -> None:
     (tmp_path / "client.secret").write_text("s3cret")
     (tmp_path / "gateway.toml").write_text(
-        f"""
-[adapters.fs]
-type = "filesystem"
-directory = "out"
-[[routes]]
-name = "all"
-adapter = "fs"
-[sources.bauamt]
-type = "fitconnect"
-submission_api_url = "https://zsd.example.org"
-token_url = "https://auth.example.org/token"
-client_id = "x"
-client_secret = {{ file = "client.secret" }}
-destination_id = "{DEST}"
-decryption_keys = ["{sandbox_keys().encryption_private}"]
-signing_key = "{sandbox_keys().signing_private}"
-allow_self_signed = true
-metadata_schema_dirs = ["{fitconnect_shared}"]
-poll_interval = -1
-"""
+        ADAPTER_TOML + source_toml("bauamt", DEST, fitconnect_shared) + "poll_interval = -1\n"
     )
     (tmp_path / "out").mkdir()
     with pytest.raises(ConfigErrors) as info:
@@ -263,3 +264,40 @@ async def test_listing_with_non_uuid_ids_is_ignored(tmp_path: Path, fitconnect_s
     ):
         assert await source._enqueue(item) is False  # never reaches the store (there is none here)
     await source.close()
+
+
+def test_shared_key_files_and_schemas_are_loaded_once(tmp_path: Path, fitconnect_shared: Path) -> None:
+    """Many destinations naming the same key files and schema dirs: loaded and validated once."""
+    from gateway.assembly import plan_file
+    from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+
+    (tmp_path / "client.secret").write_text("s3cret")
+    sources = "".join(
+        source_toml(f"fc{i}", f"00000000-0000-4000-8000-00000000000{i}", fitconnect_shared)
+        + f'data_schema_dirs = ["{DEMO_SCHEMAS}"]\n'
+        for i in range(5)
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(ADAPTER_TOML + sources)
+    plan = plan_file(path)
+    assert plan.reader.errors == []
+    cache = plan.subsystems["fitconnect"]
+    assert isinstance(cache, FitConnectSubsystem)
+    assert cache.loads == 3  # two key files and one schema set, for five sources
+    assert len(plan.sources) == 5
+
+
+async def test_sources_of_one_client_share_its_token_cache(tmp_path: Path, fitconnect_shared: Path) -> None:
+    from dataclasses import replace
+
+    from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+
+    ctx = replace(context(tmp_path), subsystems={"fitconnect": FitConnectSubsystem()})
+    raw = options(tmp_path, fitconnect_shared)
+    first = FitConnectSource(ctx, parse_options(ctx, raw))
+    second = FitConnectSource(replace(ctx, name="fc2"), parse_options(ctx, raw))
+    other = FitConnectSource(ctx, parse_options(ctx, {**raw, "client_id": "another-client"}))
+    assert first.api.tokens is second.api.tokens  # one token for the client, whatever number of destinations
+    assert other.api.tokens is not first.api.tokens
+    for source in (first, second, other):
+        await source.close()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psycopg
 
-from gateway.store.contract import PATHS, T0, FakeClock, RawAccess, drive, make_envelope, routed_message
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
+from gateway_sandbox.store_contract import PATHS, T0, FakeClock, RawAccess, drive, make_envelope, routed_message
 
 AnyStore = SQLiteStore | PostgresStore
 

@@ -1,4 +1,4 @@
-"""The shipped store contract (:mod:`gateway.store.contract`), run against both built-in backends
+"""The shipped store contract (:mod:`gateway_sandbox.store_contract`), run against both built-in backends
 (fixture ``backend``: sqlite, postgresql), plus the temporary store vendors use in unit tests."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store.contract import FakeClock, RawAccess, StoreContract
 from gateway.store.memory import temporary_store
 from gateway.store.sqlite import SQLiteStore
+from gateway_sandbox.store_contract import FakeClock, RawAccess, StoreContract
 
 from .support import AnyStore, Backend, sqlite_backend
 

@@ -17,9 +17,9 @@ import pytest
 import gateway.store.sqlite as sqlite_module
 from gateway.model import MessageState
 from gateway.store.base import SchemaTooNew, StoreUnhealthy
-from gateway.store.contract import FakeClock, make_envelope
 from gateway.store.memory import temporary_store
 from gateway.store.sqlite import MIGRATIONS, SQLiteStore
+from gateway_sandbox.store_contract import FakeClock, make_envelope
 
 from .support import routed_message
 

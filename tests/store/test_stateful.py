@@ -57,9 +57,9 @@ from gateway.problems import Problem
 from gateway.routing import Router
 from gateway.sources.base import AckOutcome
 from gateway.store.base import AnswerStep, LeaseLost, StoredAnswer, StoredMessage
-from gateway.store.contract import make_answer
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
+from gateway_sandbox.store_contract import make_answer
 
 from .conftest import BACKENDS
 from .pg import PgCluster

@@ -98,7 +98,7 @@ def test_defaults(tmp_path: Path) -> None:
         ),
         (
             {"bundles": [{"name": "a", "dir": "bundles/demo", "entries": ["xsd/main.xsd"], "samples": [1]}]},
-            "xoev.bundles[0].samples",
+            "xoev.bundles[0].samples[0]",
         ),
         (
             {"bundles": [{"name": "a", "dir": "bundles/demo", "entries": ["xsd/main.xsd"], "locations": {"u": 1}}]},

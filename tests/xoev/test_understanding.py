@@ -13,6 +13,7 @@ from lxml import etree
 
 from gateway import hookspecs
 from gateway.hookspecs import hookimpl
+from gateway.xoev import hookspecs as xoev_hookspecs
 from gateway.xoev import standards
 from gateway.xoev.decode import validate_xml
 from gateway.xoev.identity import MessageIdentity
@@ -87,6 +88,7 @@ XBAU_KERNMODUL_1180 = b"""<?xml version="1.0" encoding="UTF-8"?>
 def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    pm.add_hookspecs(xoev_hookspecs)  # the XÖV channel's own hook
     pm.register(standards)
     return pm
 
@@ -305,6 +307,7 @@ class OverrideXdomea:
 def test_a_plugin_teaches_a_new_standard(xoev_shared: Path) -> None:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    pm.add_hookspecs(xoev_hookspecs)  # the XÖV channel's own hook
     pm.register(XWasserPlugin())  # registered BEFORE the built-ins: trylast keeps them behind it
     pm.register(standards)
     root = parse_xml(UNKNOWN_STANDARD).getroot()

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from gateway import hookspecs
+from gateway.xoev import hookspecs as xoev_hookspecs
 from gateway.xoev import standards
 from gateway.xoev.config import XoevConfig
 from gateway.xoev.decode import DecodeError
@@ -27,6 +28,7 @@ SAMPLE = "xbeteiligung-1.2/samples/xmlv14/xbeteiligung-test-kommunal.Initiieren.
 def plugin_hook() -> object:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    pm.add_hookspecs(xoev_hookspecs)  # the XÖV channel's own hook
     pm.register(standards)
     return pm.hook
 

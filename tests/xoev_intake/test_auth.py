@@ -13,6 +13,7 @@ import uuid
 import aiohttp
 import pytest
 
+from gateway.components import Drain
 from gateway.model import MessageState
 
 from .conftest import Gateway, antrag
@@ -197,18 +198,19 @@ async def test_same_message_uuid_same_id(gateway: Gateway) -> None:
 
 
 async def test_draining_intake_answers_503(gateway: Gateway) -> None:
-    gateway.runtime.intake.draining = True
+    gateway.runtime.intake.drain = Drain()  # the intake's own: the HTTP surface stays open
+    gateway.runtime.intake.drain.begin()
     try:
         status, body, headers = await gateway.post(PORTAL, antrag(), sender="portal-a")
     finally:
-        gateway.runtime.intake.draining = False
+        gateway.runtime.intake.drain = gateway.runtime.drain
     assert status == 503
     assert body["type"].endswith("/draining")
     assert headers["Retry-After"] == "30"
 
 
 async def test_dead_validator_worker_answers_503_then_recovers(gateway: Gateway) -> None:
-    validator = gateway.runtime.xoev
+    validator = gateway.runtime.subsystems["xoev"].validator  # type: ignore[attr-defined]
     assert validator is not None
     (pid,) = validator.worker_pids
     os.kill(pid, signal.SIGKILL)

@@ -80,7 +80,7 @@ async def test_form_data_with_attachments(gateway: Gateway) -> None:
     delivery = Delivery(stored.envelope, gateway.runtime.blobs, 1, stored.envelope.id)
     assert decoded_part(delivery) is not None
     assert await decoded(delivery) == as_file
-    validator = gateway.runtime.xoev
+    validator = gateway.runtime.subsystems["xoev"].validator  # type: ignore[attr-defined]
     assert validator is not None
     assert await validator.decode_to_dict(message) == as_file
 

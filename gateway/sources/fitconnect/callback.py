@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -24,7 +25,9 @@ from gateway.fitconnect.callbacks import (
     verify_callback,
 )
 from gateway.http.problem import problem_response
-from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.sources.fitconnect.subsystem import FitConnectMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +51,7 @@ def callback_handler(
     *,
     name: str,
     secret: str,
-    metrics: Metrics,
+    metrics: FitConnectMetrics,
     trigger: Callable[[], None],
     clock: Callable[[], float] = time.time,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -1,33 +1,33 @@
-"""``[sources.NAME]`` options of ``type = "fitconnect"``: every option checked, every key loaded at startup.
+"""``[sources.NAME]`` options of ``type = "fitconnect"``, declared for the gateway's option reader:
+every option checked, every key loaded (once per file, by the FIT-Connect subsystem) at startup.
 
-Unknown keys, wrong types and unusable values are :class:`~gateway.errors.ConfigError` with the option
-name as key (the runtime prefixes ``sources.NAME``). Production mode (``[gateway] mode``) adds the
-rules of digest §6.4/§9.26: https only, no TEST key material, trust anchors required, no self-signed
+Errors name the option below ``sources.NAME``. Production mode (``[gateway] mode``) adds the rules of
+digest §6.4/§9.26: https only, no TEST key material, trust anchors required, no self-signed
 certificates.
 """
 
 from __future__ import annotations
 
 import re
+import typing
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from gateway.errors import ConfigError
-from gateway.fitconnect.keys import KeyValidationError, PrivateJWK, is_test_key, load_private_jwk, validate_public_jwk
+from gateway.fitconnect.keys import KeyValidationError, PrivateJWK, Purpose, is_test_key
+from gateway.options import At, ReadContext, Reader, option, options
+from gateway.options.checks import between, non_blank, non_empty, positive
+from gateway.secrets import SecretRef
 from gateway.sources.base import SourceContext
 from gateway.sources.fitconnect.profile import PROFILES, ApiProfile
-from gateway.sources.fitconnect.schemas import (
-    SchemaIndex,
-    load_schema_index,
-    metadata_version_of,
-    referenced_unknown,
-)
+from gateway.sources.fitconnect.schemas import SchemaIndex, metadata_version_of, referenced_unknown
+from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
 
 MIB = 1 << 20
 DEFAULT_POLL_INTERVAL = 60.0
@@ -39,36 +39,6 @@ DEFAULT_REQUEST_TIMEOUT = 60.0  # one Submission API call (an attachment downloa
 MAX_PAGE_SIZE = 500
 _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 _CALLBACK_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
-
-KNOWN_OPTIONS = frozenset(
-    {
-        "api_profile",
-        "submission_api_url",
-        "token_url",
-        "client_id",
-        "client_secret",
-        "destination_id",
-        "decryption_keys",
-        "signing_key",
-        "callback_secret",
-        "callback_path",
-        "poll_interval",
-        "accept_policy",
-        "metadata_schema_dirs",
-        "data_schema_dirs",
-        "trust_anchors",
-        "allow_self_signed",
-        "metadata_versions",
-        "max_attachment_bytes",
-        "max_inflated_bytes",
-        "max_data_bytes",
-        "allow_missing_metadata_schema",
-        "require_data_schemas",
-        "page_size",
-        "max_parallel",
-        "request_timeout",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -104,262 +74,292 @@ class SubscriberOptions:
         return f"SubscriberOptions(name={self.name!r}, destination_id={self.destination_id!r})"
 
 
-class _Options:
-    def __init__(self, ctx: SourceContext, raw: Mapping[str, Any]) -> None:
-        self.ctx = ctx
-        self.raw = raw
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if key not in self.raw:
-            return default
-        value = self.raw[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds:
-            kinds = (*kinds, int)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(k.__name__ for k in kinds if not (k is int and float in kinds))
-            raise ConfigError(f"expected {names}, got {type(value).__name__}", key=key)
-        if float in kinds and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        return value
-
-    def required(self, key: str, kind: type) -> Any:
-        if key not in self.raw:
-            raise ConfigError("is required", key=key)
-        return self.get(key, kind, None)
-
-    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.required(key, str) if required else self.get(key, str, default)
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError("must be a non-empty string", key=key)
-        return value.strip()
-
-    def str_list(self, key: str, *, required: bool = False) -> list[str]:
-        value = self.required(key, list) if required else self.get(key, list, [])
-        if not all(isinstance(item, str) and item.strip() for item in value):
-            raise ConfigError("must be a list of non-empty strings", key=key)
-        if required and not value:
-            raise ConfigError("must not be empty", key=key)
-        return [item.strip() for item in value]
-
-    def positive_int(self, key: str, default: int, *, maximum: int | None = None) -> int:
-        value = self.get(key, int, default)
-        if value <= 0 or (maximum is not None and value > maximum):
-            raise ConfigError(f"must be between 1 and {maximum}" if maximum else "must be > 0", key=key)
-        return int(value)
-
-    def path(self, raw: str) -> Path:
-        path = Path(raw)
-        return path if path.is_absolute() else self.ctx.base_dir / path
-
-    def secret(self, key: str, *, required: bool) -> str | None:
-        if key not in self.raw:
-            if required:
-                raise ConfigError('is required (a secret reference: { file = "..." } or { env = "..." })', key=key)
-            return None
-        try:
-            return self.ctx.resolve_secret(self.raw, key)
-        except ConfigError as exc:
-            raise ConfigError(exc.reason, key=exc.key or key) from None
-
-
-def _url(opts: _Options, key: str, production: bool) -> str:
-    value = opts.string(key, required=True)
+def _url(raw: Any, at: At) -> str:
+    if not isinstance(raw, str):
+        raise ConfigError(f"expected str, got {type(raw).__name__}")
+    value = raw.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError("must be an absolute http(s) URL", key=key)
+        raise ConfigError("must be an absolute http(s) URL")
     if parts.query or parts.fragment:
-        raise ConfigError("must not have a query or fragment", key=key)
-    if production and parts.scheme != "https":
-        raise ConfigError("must use https in production mode", key=key)
+        raise ConfigError("must not have a query or fragment")
+    if at.ctx.production and parts.scheme != "https":
+        raise ConfigError("must use https in production mode")
     return value.rstrip("/")
 
 
-def _private_key(opts: _Options, raw: str, key: str, *, purpose: str) -> PrivateJWK:
-    path = opts.path(raw)
-    try:
-        jwk = load_private_jwk(path)
-    except KeyValidationError as exc:
-        raise ConfigError(f"{path}: {exc.message}", key=key) from None
-    if purpose == "encryption" and not jwk.can_decrypt:
-        raise ConfigError(f"{path}: not a decryption key (alg RSA-OAEP-256, key_ops [unwrapKey])", key=key)
-    if purpose == "signing" and not jwk.can_sign:
-        raise ConfigError(f"{path}: not a signing key (alg PS512, key_ops [sign])", key=key)
-    return jwk
-
-
-def _trust_anchors(opts: _Options, paths: Sequence[str]) -> tuple[x509.Certificate, ...]:
-    anchors: list[x509.Certificate] = []
-    for raw in paths:
-        path = opts.path(raw)
-        try:
-            anchors.extend(x509.load_pem_x509_certificates(path.read_bytes()))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}", key="trust_anchors") from None
-        except ValueError:
-            raise ConfigError(f"{path} holds no PEM certificate", key="trust_anchors") from None
-    return tuple(anchors)
-
-
-def _dirs(opts: _Options, key: str) -> list[tuple[Path, str]]:
-    out = []
-    for raw in opts.str_list(key):
-        path = opts.path(raw)
-        if not path.is_dir():
-            raise ConfigError(f"{path} is not a directory", key=key)
-        out.append((path, key))
-    return out
-
-
-def _request_timeout(opts: Any) -> float:
-    value = float(opts.get("request_timeout", (int, float), DEFAULT_REQUEST_TIMEOUT))
-    if value <= 0:
-        raise ConfigError("must be > 0 (seconds)", key="request_timeout")
+def _api_url(raw: Any, at: At) -> str:
+    value = _url(raw, at)
+    if re.search(r"/v\d+$", value):
+        raise ConfigError("must not end with the API version (/v1, /v2): api_profile selects it")
     return value
 
 
-def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptions:
-    unknown = sorted(set(raw) - KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(f"unknown option (known: {', '.join(sorted(KNOWN_OPTIONS))})", key=unknown[0])
-    opts = _Options(ctx, raw)
-    production = ctx.production
-
-    profile_name = opts.string("api_profile", "v1")
-    if profile_name not in PROFILES:
-        raise ConfigError(f"must be one of {', '.join(sorted(PROFILES))}", key="api_profile")
-    profile = PROFILES[profile_name]
-
-    api_url = _url(opts, "submission_api_url", production)
-    if re.search(r"/v\d+$", api_url):
-        raise ConfigError(
-            "must not end with the API version (/v1, /v2): api_profile selects it", key="submission_api_url"
-        )
-    token_url = _url(opts, "token_url", production)
-    client_id = opts.string("client_id", required=True)
-    client_secret = opts.secret("client_secret", required=True)
-    assert client_secret is not None
-
-    raw_dest = opts.string("destination_id", required=True)
+def _uuid(raw: Any, at: At) -> str:
     try:
-        destination_id = str(uuid.UUID(raw_dest))
+        return str(uuid.UUID(str(raw)))
     except ValueError:
-        raise ConfigError("must be a UUID", key="destination_id") from None
+        raise ConfigError("must be a UUID") from None
 
-    decryption_keys = tuple(
-        _private_key(opts, p, "decryption_keys", purpose="encryption")
-        for p in opts.str_list("decryption_keys", required=True)
+
+def _callback_secret(ref: SecretRef | None) -> str | None:
+    if ref is not None and len(ref.resolve()) < 32:
+        return "must have at least 32 characters (FIT-Connect callback secrets: 32-512)"
+    return None
+
+
+def _callback_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if _CALLBACK_PATH.fullmatch(value) is None or "//" in value or "/../" in f"{value}/":
+        return "must be an absolute URL path such as /callbacks/fitconnect/bauamt"
+    return None
+
+
+def _dirs(paths: tuple[Path, ...]) -> str | None:
+    return next((f"{p} is not a directory" for p in paths if not p.is_dir()), None)
+
+
+def _profile(value: str) -> str | None:
+    return None if value in PROFILES else f"must be one of {', '.join(sorted(PROFILES))}"
+
+
+def _semver(values: tuple[str, ...] | None) -> str | None:
+    bad = next((v for v in values or () if _SEMVER.fullmatch(v) is None), None)
+    return f"{bad!r} is not MAJOR.MINOR.PATCH" if bad is not None else None
+
+
+@options
+class FitConnectSourceOptions:
+    """``[sources.NAME]`` of ``type = "fitconnect"``: one destination."""
+
+    api_profile: str = option(default="v1", doc="Submission API version: `v1` (OpenAPI 1.1.x) or `v2`.", check=_profile)
+    submission_api_url: str = option(
+        doc="The Zustelldienst's Submission API base URL (without /v1).", parse=_api_url, type_doc="URL"
     )
-    kids = [k.kid for k in decryption_keys]
-    if len(set(kids)) != len(kids):
-        raise ConfigError("two decryption keys share a kid", key="decryption_keys")
-    signing_key = _private_key(opts, opts.string("signing_key", required=True), "signing_key", purpose="signing")
+    token_url: str = option(doc="OAuth token endpoint.", parse=_url, type_doc="URL")
+    client_id: str = option(doc="OAuth client id of the subscriber client.", check=non_blank)
+    client_secret: SecretRef = option(
+        doc="OAuth client secret.", hint='a secret reference: { file = "..." } or { env = "..." }'
+    )
+    destination_id: str = option(doc="The destination (UUID) this source receives for.", parse=_uuid, type_doc="UUID")
+    decryption_keys: tuple[Path, ...] = option(
+        doc="Private JWK files (RSA-OAEP-256, key_ops [unwrapKey]); several during a key rotation.",
+        check=non_empty,
+    )
+    signing_key: Path = option(doc="Private JWK file for SETs (PS512, key_ops [sign]).")
+    callback_secret: SecretRef | None = option(
+        default=None,
+        doc="HMAC secret of callbacks (32-512 characters); without it no callback route.",
+        check=_callback_secret,
+    )
+    callback_path: str | None = option(
+        default=None,
+        doc="URL path of the callback route.",
+        check=_callback_path,
+        default_doc="/callbacks/fitconnect/<name>",
+    )
+    poll_interval: float = option(
+        default=DEFAULT_POLL_INTERVAL, doc="Seconds between polls (±20 % jitter).", check=positive
+    )
+    accept_policy: Literal["delivered", "stored"] = option(
+        default="delivered", doc="When to accept upstream: after delivery (safest) or once stored."
+    )
+    metadata_schema_dirs: tuple[Path, ...] = option(
+        default=(), doc="Local copies of the FIT-Connect metadata schemas.", check=_dirs
+    )
+    data_schema_dirs: tuple[Path, ...] = option(
+        default=(), doc="Local JSON schemas / XSDs of the services' data.", check=_dirs
+    )
+    trust_anchors: tuple[Path, ...] = option(default=(), doc="PEM root certificates of the Verwaltungs-PKI.")
+    allow_self_signed: bool = option(default=False, doc="Accept self-signed key certificates (test only).")
+    metadata_versions: tuple[str, ...] | None = option(
+        default=None, doc="Metadata versions accepted.", check=_semver, default_doc="every version found"
+    )
+    max_attachment_bytes: int = option(default=DEFAULT_MAX_ATTACHMENT, doc="Largest attachment.", check=positive)
+    max_inflated_bytes: int | None = option(
+        default=None,
+        doc="Largest attachment after decompression.",
+        check=lambda v: positive(v) if v is not None else None,
+        default_doc="max_attachment_bytes",
+    )
+    max_data_bytes: int = option(default=DEFAULT_MAX_DATA, doc="Largest data part.", check=positive)
+    allow_missing_metadata_schema: bool | None = option(
+        default=None, doc="Treat metadata without $schema as 1.0.0.", default_doc="true when 1.0.0 is accepted"
+    )
+    require_data_schemas: bool = option(default=True, doc="Reject data whose schema is not in data_schema_dirs.")
+    page_size: int = option(
+        default=DEFAULT_PAGE_SIZE, doc="Submissions per listing page.", check=between(1, MAX_PAGE_SIZE)
+    )
+    max_parallel: int = option(
+        default=DEFAULT_PARALLEL, doc="Submissions received at the same time.", check=between(1, 64)
+    )
+    request_timeout: float = option(
+        default=DEFAULT_REQUEST_TIMEOUT,
+        doc="Seconds per Submission API call.",
+        check=lambda v: None if v > 0 else "must be > 0 (seconds)",
+    )
 
-    callback_secret = opts.secret("callback_secret", required=False)
-    if callback_secret is not None and len(callback_secret) < 32:
-        raise ConfigError(
-            "must have at least 32 characters (FIT-Connect callback secrets: 32-512)", key="callback_secret"
-        )
-    callback_path = opts.string("callback_path", f"/callbacks/fitconnect/{ctx.name}")
-    if _CALLBACK_PATH.fullmatch(callback_path) is None or "//" in callback_path or "/../" in f"{callback_path}/":
-        raise ConfigError("must be an absolute URL path such as /callbacks/fitconnect/bauamt", key="callback_path")
+    def finish(self, at: At) -> SubscriberOptions | None:
+        from gateway.http.paths import HttpPaths
 
-    poll_interval = opts.get("poll_interval", float, DEFAULT_POLL_INTERVAL)
-    if poll_interval <= 0:
-        raise ConfigError("must be > 0", key="poll_interval")
-    accept_policy = opts.string("accept_policy", "delivered")
-    if accept_policy not in ("delivered", "stored"):
-        raise ConfigError("must be 'delivered' or 'stored'", key="accept_policy")
-
-    trust_anchors = _trust_anchors(opts, opts.str_list("trust_anchors"))
-    allow_self_signed = opts.get("allow_self_signed", bool, False)
-    if production and allow_self_signed:
-        raise ConfigError("self-signed certificates are refused in production mode", key="allow_self_signed")
-    if production and not trust_anchors:
-        raise ConfigError("is required in production mode (the Verwaltungs-PKI root certificates)", key="trust_anchors")
-    if not trust_anchors and not allow_self_signed:
-        raise ConfigError(
-            "no trust anchors and allow_self_signed = false: no Zustelldienst key could ever be validated",
-            key="trust_anchors",
-        )
-
-    for jwk, key in [(k, "decryption_keys") for k in decryption_keys] + [(signing_key, "signing_key")]:
-        if production and is_test_key(jwk.public_jwk):
-            raise ConfigError(f"key {jwk.kid} is TEST key material (refused in production mode)", key=key)
-        try:
-            validate_public_jwk(
-                jwk.public_jwk,
-                purpose="encryption" if key == "decryption_keys" else "signing",
-                trust_anchors=trust_anchors,
-                allow_self_signed=allow_self_signed,
+        cache = at.ctx.resource("fitconnect", FitConnectSubsystem) or FitConnectSubsystem()
+        production = at.ctx.production
+        name = at.ctx.name
+        callback_path = self.callback_path or f"/callbacks/fitconnect/{name}"
+        paths = at.ctx.resource(HttpPaths.RESOURCE, HttpPaths)
+        if paths is not None and self.callback_secret is not None:
+            paths.claim(callback_path, name, at.child("callback_path"))
+        decryption_keys = [_private_key(cache, p, at, "decryption_keys", "encryption") for p in self.decryption_keys]
+        signing_key = _private_key(cache, self.signing_key, at, "signing_key", "signing")
+        trust_anchors = _trust_anchors(self.trust_anchors, at)
+        schemas = _schemas(cache, self, at)
+        if production and self.allow_self_signed:
+            at.error("self-signed certificates are refused in production mode", "allow_self_signed")
+        elif production and not self.trust_anchors:
+            at.error("is required in production mode (the Verwaltungs-PKI root certificates)", "trust_anchors")
+        elif not self.trust_anchors and not self.allow_self_signed:
+            at.error(
+                "no trust anchors and allow_self_signed = false: no Zustelldienst key could ever be validated",
+                "trust_anchors",
             )
-        except KeyValidationError as exc:
-            raise ConfigError(f"key {jwk.kid} fails validation: {exc.code}: {exc.message}", key=key) from None
+        elif trust_anchors is not None and signing_key is not None and None not in decryption_keys:
+            keys = [(k, "decryption_keys") for k in decryption_keys if k is not None] + [(signing_key, "signing_key")]
+            kids = [k.kid for k in decryption_keys if k is not None]
+            if len(set(kids)) != len(kids):
+                at.error("two decryption keys share a kid", "decryption_keys")
+            for jwk, key in keys:
+                if production and is_test_key(jwk.public_jwk):
+                    at.error(f"key {jwk.kid} is TEST key material (refused in production mode)", key)
+                    continue
+                try:
+                    cache.validate(
+                        jwk,
+                        "encryption" if key == "decryption_keys" else "signing",
+                        trust_anchors,
+                        self.allow_self_signed,
+                    )
+                except KeyValidationError as exc:
+                    at.error(f"key {jwk.kid} fails validation: {exc.code}: {exc.message}", key)
+        if schemas is None or signing_key is None or trust_anchors is None or None in decryption_keys:
+            return None
+        metadata_versions = _metadata_versions(self, schemas, at)
+        if metadata_versions is None:
+            return None
+        allow_missing = self.allow_missing_metadata_schema
+        if allow_missing is None:
+            allow_missing = "1.0.0" in metadata_versions
+        if allow_missing and "1.0.0" not in metadata_versions:
+            at.error(
+                "treats a missing $schema as 1.0.0, but metadata version 1.0.0 is not supported",
+                "allow_missing_metadata_schema",
+            )
+        return SubscriberOptions(
+            name=name,
+            profile=PROFILES[self.api_profile],
+            submission_api_url=self.submission_api_url,
+            token_url=self.token_url,
+            client_id=self.client_id.strip(),
+            client_secret=self.client_secret.resolve(),
+            destination_id=self.destination_id,
+            decryption_keys=tuple(k for k in decryption_keys if k is not None),
+            signing_key=signing_key,
+            callback_secret=self.callback_secret.resolve() if self.callback_secret is not None else None,
+            callback_path=callback_path,
+            poll_interval=self.poll_interval,
+            accept_policy=self.accept_policy,
+            schemas=schemas,
+            metadata_versions=metadata_versions,
+            trust_anchors=trust_anchors,
+            allow_self_signed=self.allow_self_signed,
+            max_attachment_bytes=self.max_attachment_bytes,
+            max_inflated_bytes=self.max_inflated_bytes or self.max_attachment_bytes,
+            max_data_bytes=self.max_data_bytes,
+            allow_missing_metadata_schema=allow_missing,
+            require_data_schemas=self.require_data_schemas,
+            page_size=self.page_size,
+            max_parallel=self.max_parallel,
+            request_timeout=self.request_timeout,
+            production=production,
+        )
 
-    metadata_dirs = _dirs(opts, "metadata_schema_dirs")
-    data_dirs = _dirs(opts, "data_schema_dirs")
-    schemas = load_schema_index(json_dirs=metadata_dirs + data_dirs, xsd_dirs=data_dirs)
+
+def _private_key(cache: FitConnectSubsystem, path: Path, at: At, key: str, purpose: Purpose) -> PrivateJWK | None:
+    try:
+        jwk = cache.private_key(path)
+    except KeyValidationError as exc:
+        at.error(f"{path}: {exc.message}", key)
+        return None
+    if purpose == "encryption" and not jwk.can_decrypt:
+        at.error(f"{path}: not a decryption key (alg RSA-OAEP-256, key_ops [unwrapKey])", key)
+        return None
+    if purpose == "signing" and not jwk.can_sign:
+        at.error(f"{path}: not a signing key (alg PS512, key_ops [sign])", key)
+        return None
+    return jwk
+
+
+def _trust_anchors(paths: tuple[Path, ...], at: At) -> tuple[x509.Certificate, ...] | None:
+    anchors: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            anchors.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except OSError as exc:
+            at.error(f"cannot read {path}: {exc.strerror}", "trust_anchors")
+            return None
+        except ValueError:
+            at.error(f"{path} holds no PEM certificate", "trust_anchors")
+            return None
+    return tuple(anchors)
+
+
+def _schemas(cache: FitConnectSubsystem, options: FitConnectSourceOptions, at: At) -> SchemaIndex | None:
+    metadata_dirs = [(p, "metadata_schema_dirs") for p in options.metadata_schema_dirs]
+    data_dirs = [(p, "data_schema_dirs") for p in options.data_schema_dirs]
+    try:
+        schemas = cache.schemas(metadata_dirs + data_dirs, data_dirs)
+    except ConfigError as exc:
+        at.error(exc.reason, exc.key)
+        return None
     dangling = referenced_unknown(schemas)
     if dangling:
         schema_id, ref = next(iter(dangling.items()))
-        raise ConfigError(
-            f"schema {schema_id} references {ref}, which is not in the schema dirs", key="data_schema_dirs"
-        )
+        at.error(f"schema {schema_id} references {ref}, which is not in the schema dirs", "data_schema_dirs")
+        return None
+    return schemas
+
+
+def _metadata_versions(options: FitConnectSourceOptions, schemas: SchemaIndex, at: At) -> dict[str, str] | None:
     available = schemas.metadata_versions()
-    wanted = opts.str_list("metadata_versions") if "metadata_versions" in raw else sorted(available)
+    wanted = list(options.metadata_versions) if options.metadata_versions is not None else sorted(available)
     for version in wanted:
-        if _SEMVER.fullmatch(version) is None:
-            raise ConfigError(f"{version!r} is not MAJOR.MINOR.PATCH", key="metadata_versions")
         if version not in available:
-            raise ConfigError(
+            at.error(
                 f"no metadata schema for version {version} in metadata_schema_dirs "
                 f"(expected $id https://schema.fitko.de/fit-connect/metadata/{version}/metadata.schema.json)",
-                key="metadata_versions",
+                "metadata_versions",
             )
+            return None
         if int(version.split(".")[0]) not in (1, 2):
-            raise ConfigError(
-                f"metadata major version of {version} is not supported (1.x, 2.x)", key="metadata_versions"
-            )
+            at.error(f"metadata major version of {version} is not supported (1.x, 2.x)", "metadata_versions")
+            return None
     if not wanted:
-        raise ConfigError(
+        at.error(
             "no metadata schema found: point metadata_schema_dirs at the FIT-Connect metadata schemas",
-            key="metadata_schema_dirs",
+            "metadata_schema_dirs",
         )
-    metadata_versions = {v: available[v] for v in wanted}
-    assert all(metadata_version_of(i) == v for v, i in metadata_versions.items())
-    allow_missing = opts.get("allow_missing_metadata_schema", bool, "1.0.0" in metadata_versions)
-    if allow_missing and "1.0.0" not in metadata_versions:
-        raise ConfigError(
-            "treats a missing $schema as 1.0.0, but metadata version 1.0.0 is not supported",
-            key="allow_missing_metadata_schema",
-        )
+        return None
+    versions = {v: available[v] for v in wanted}
+    assert all(metadata_version_of(i) == v for v, i in versions.items())
+    return versions
 
-    max_attachment = opts.positive_int("max_attachment_bytes", DEFAULT_MAX_ATTACHMENT)
-    return SubscriberOptions(
-        name=ctx.name,
-        profile=profile,
-        submission_api_url=api_url,
-        token_url=token_url,
-        client_id=client_id,
-        client_secret=client_secret,
-        destination_id=destination_id,
-        decryption_keys=decryption_keys,
-        signing_key=signing_key,
-        callback_secret=callback_secret,
-        callback_path=callback_path,
-        poll_interval=float(poll_interval),
-        accept_policy=accept_policy,
-        schemas=schemas,
-        metadata_versions=metadata_versions,
-        trust_anchors=trust_anchors,
-        allow_self_signed=bool(allow_self_signed),
-        max_attachment_bytes=max_attachment,
-        max_inflated_bytes=opts.positive_int("max_inflated_bytes", max_attachment),
-        max_data_bytes=opts.positive_int("max_data_bytes", DEFAULT_MAX_DATA),
-        allow_missing_metadata_schema=bool(allow_missing),
-        require_data_schemas=bool(opts.get("require_data_schemas", bool, True)),
-        page_size=opts.positive_int("page_size", DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE),
-        max_parallel=opts.positive_int("max_parallel", DEFAULT_PARALLEL, maximum=64),
-        request_timeout=_request_timeout(opts),
-        production=production,
+
+def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptions:
+    """The options of one source on their own (tools, tests); raises the first error."""
+    reader = Reader(
+        ReadContext(base_dir=ctx.base_dir, production=ctx.production, name=ctx.name, resources=ctx.subsystems)
     )
+    options_ = reader.read(FitConnectSourceOptions, raw)
+    if options_ is None:
+        raise reader.errors[0]
+    return typing.cast("SubscriberOptions", options_)

@@ -16,7 +16,6 @@ import contextlib
 import random
 import re
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -28,10 +27,12 @@ from gateway.problems import Problem
 from gateway.sources.base import AckOutcome, AckResult, SourceContext
 from gateway.sources.fitconnect.acks import Acknowledger
 from gateway.sources.fitconnect.callback import callback_handler
-from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProvider
+from gateway.sources.fitconnect.client import ApiError, SubmissionApi
 from gateway.sources.fitconnect.eventlog import KeyResolver
-from gateway.sources.fitconnect.options import SubscriberOptions, parse_options
+from gateway.sources.fitconnect.options import SubscriberOptions
 from gateway.sources.fitconnect.receiver import DestinationCache, Receiver, Skip
+from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+from gateway.xoev.subsystem import XoevSubsystem
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,8 @@ class FitConnectSource:
 
     def __init__(self, ctx: SourceContext, options: SubscriberOptions) -> None:
         self.ctx = ctx
+        shared = ctx.subsystem("fitconnect", FitConnectSubsystem) or FitConnectSubsystem()
+        self.metrics = shared.metrics
         self.options = options
         self.name = ctx.name
         self.accept_policy = options.accept_policy
@@ -52,13 +55,16 @@ class FitConnectSource:
             base_url=options.submission_api_url,
             profile=options.profile,
             timeout=options.request_timeout,
-            tokens_for=lambda session: TokenProvider(
-                session, options.token_url, options.client_id, options.client_secret
+            tokens_for=lambda session: shared.token_provider(
+                options.token_url, options.client_id, options.client_secret, session
             ),
         )
         self.keys = KeyResolver(self.api, options.trust_anchors, options.allow_self_signed)
         self.destination = DestinationCache(self.api, options.destination_id)
-        self.receiver = Receiver(options, self.api, self.keys, ctx.blobs, self.destination, xoev=ctx.xoev)
+        xoev = ctx.subsystem("xoev", XoevSubsystem)
+        self.receiver = Receiver(
+            options, self.api, self.keys, ctx.blobs, self.destination, xoev=xoev.validator if xoev else None
+        )
         self.acknowledger = Acknowledger(options, self.api, self.keys)
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -69,7 +75,7 @@ class FitConnectSource:
         self.last_poll_at: float | None = None
         if options.callback_secret is not None:
             handler = callback_handler(
-                name=self.name, secret=options.callback_secret, metrics=ctx.metrics, trigger=self.trigger
+                name=self.name, secret=options.callback_secret, metrics=self.metrics, trigger=self.trigger
             )
             ctx.add_routes([web.post(options.callback_path, handler)])
 
@@ -140,10 +146,10 @@ class FitConnectSource:
                     break
         except ApiError as exc:
             self.last_poll_ok, self.last_poll_error = False, str(exc)
-            self.ctx.metrics.polls.labels(self.name, "error").inc()
+            self.metrics.polls.labels(self.name, "error").inc()
             raise
         self.last_poll_ok, self.last_poll_error, self.last_poll_at = True, "", time.time()
-        self.ctx.metrics.polls.labels(self.name, "ok").inc()
+        self.metrics.polls.labels(self.name, "ok").inc()
         if queued:
             log.info("fitconnect_poll", source=self.name, count=queued)
         return queued
@@ -164,7 +170,7 @@ class FitConnectSource:
         if key in self._in_flight:
             return False
         self._in_flight.add(key)  # before the await: a concurrent poll must not queue it too
-        if await self.ctx.intake.store.find_by_source(self.name, key) is not None:
+        if await self.ctx.lookup().find(key) is not None:
             self._in_flight.discard(key)
             return False  # stored, waiting for delivery/acknowledgement: still listed upstream until then
         self._queue.put_nowait((key, case_id.lower()))
@@ -193,7 +199,7 @@ class FitConnectSource:
 
     async def process(self, submission_id: str, case_id: str) -> bool:
         """Receive one listed submission unless it is stored already; True if it was handed to the intake."""
-        existing = await self.ctx.intake.store.find_by_source(self.name, submission_id)
+        existing = await self.ctx.lookup().find(submission_id)
         if existing is not None:
             return False  # stored before (maybe before a restart): the ack worker takes it from here
         with structlog.contextvars.bound_contextvars(source=self.name, submission_id=submission_id):
@@ -223,5 +229,5 @@ class FitConnectSource:
         await self._queue.join()
 
 
-def create(ctx: SourceContext, options: Mapping[str, Any]) -> FitConnectSource:
-    return FitConnectSource(ctx, parse_options(ctx, options))
+def create(ctx: SourceContext, options: SubscriberOptions) -> FitConnectSource:
+    return FitConnectSource(ctx, options)

@@ -1,27 +1,23 @@
-"""``[sources.NAME]`` options of ``type = "xoev-http"``: every option checked at startup.
+"""``[sources.NAME]`` options of ``type = "xoev-http"``, declared for the gateway's option reader.
 
-Errors are :class:`~gateway.errors.ConfigError` with the option as key (the runtime prefixes
-``sources.NAME``), e.g. ``senders.bauportal.token: secret from file ... is empty``.
+Errors name the option below ``sources.NAME``, e.g. ``senders.bauportal.token: secret from file ...
+is empty``; all of them are reported with the rest of the file.
 """
 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.errors import ConfigError
-from gateway.sources.base import SourceContext
+from gateway.options import At, failed, option, options
+from gateway.secrets import SecretRef
 
-KNOWN_OPTIONS = frozenset(
-    {"path", "senders", "max_body_bytes", "max_attachments", "accept_test_messages", "store_decoded"}
-)
-SENDER_KEYS = frozenset({"token", "client_certificates", "authors"})
 DEFAULT_MAX_ATTACHMENTS = 100
 MIN_TOKEN_CHARS = 16
 _PATH = re.compile(r"/[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*")
-_RESERVED_PREFIXES = ("/admin", "/healthz", "/readyz", "/metrics")
 SENDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2})")
 
@@ -40,7 +36,7 @@ class SenderConfig:
 class XoevHttpOptions:
     path: str
     senders: Mapping[str, SenderConfig]
-    max_body_bytes: int
+    max_body_bytes: int | None  # None: [http] max_body_bytes
     max_attachments: int = DEFAULT_MAX_ATTACHMENTS
     accept_test_messages: bool = True
     store_decoded: bool = True
@@ -52,101 +48,119 @@ def normalise_fingerprint(value: str) -> str | None:
     return match.group(1).replace(":", "").lower() if match else None
 
 
-def _bool(options: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"expected a boolean, got {type(value).__name__}", key=key)
-    return value
-
-
-def _int(options: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"expected an integer, got {type(value).__name__}", key=key)
-    if value < minimum:
-        raise ConfigError(f"must be >= {minimum}", key=key)
-    return value
-
-
-def _str_list(raw: Any, key: str) -> list[str]:
-    if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
-        raise ConfigError("expected an array of non-empty strings", key=key)
-    return list(raw)
-
-
-def _sender(ctx: SourceContext, sender_id: str, raw: Any) -> SenderConfig:
-    key = f"senders.{sender_id}"
-    if not SENDER_ID.fullmatch(sender_id):
-        raise ConfigError(
-            "a sender id is 1-128 letters, digits and . _ : @ - (starting with a letter or digit)", key=key
-        )
-    if not isinstance(raw, Mapping):
-        raise ConfigError('expected a table: { token = { file = "..." } } and/or client_certificates', key=key)
-    unknown = sorted(set(raw) - SENDER_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown option (known: {', '.join(sorted(SENDER_KEYS))})", key=f"{key}.{unknown[0]}")
-    token: str | None = None
-    if "token" in raw:
-        try:
-            token = ctx.resolve_secret(raw, "token")
-        except ConfigError as exc:
-            raise ConfigError(exc.reason, key=f"{key}.{exc.key or 'token'}") from None
-        if token is not None and len(token) < MIN_TOKEN_CHARS:
-            raise ConfigError(
-                f"is shorter than {MIN_TOKEN_CHARS} characters; use a long random token", key=f"{key}.token"
-            )
-    fingerprints: set[str] = set()
-    for index, item in enumerate(_str_list(raw.get("client_certificates", []), f"{key}.client_certificates")):
+def _fingerprints(raw: Any, at: At) -> Any:
+    items = at.convert(tuple[str, ...], raw)
+    if not isinstance(items, tuple):
+        return failed()
+    out: set[str] = set()
+    for index, item in enumerate(items):
         fingerprint = normalise_fingerprint(item)
         if fingerprint is None:
-            raise ConfigError(
-                "expected 'sha256:<64 hex digits>' (the SHA-256 fingerprint of the DER certificate)",
-                key=f"{key}.client_certificates[{index}]",
-            )
-        fingerprints.add(fingerprint)
-    if token is None and not fingerprints:
-        raise ConfigError("needs a token and/or client_certificates", key=key)
-    authors = frozenset(_str_list(raw.get("authors", []), f"{key}.authors"))
-    return SenderConfig(sender_id, token, frozenset(fingerprints), authors)
+            at.error("expected 'sha256:<64 hex digits>' (the SHA-256 fingerprint of the DER certificate)", index)
+        else:
+            out.add(fingerprint)
+    return frozenset(out) if not at.reader.failed(at.key) else failed()
 
 
-def parse_options(ctx: SourceContext, options: Mapping[str, Any]) -> XoevHttpOptions:
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ConfigError(f"unknown option (known: {', '.join(sorted(KNOWN_OPTIONS))})", key=unknown[0])
-    path = options.get("path", f"/xoev/{ctx.name}/messages")
-    if not isinstance(path, str) or not _PATH.fullmatch(path):
-        raise ConfigError("must be an absolute URL path of letters, digits and . _ ~ - (no trailing /)", key="path")
-    if any(path == p or path.startswith(p + "/") for p in _RESERVED_PREFIXES):
-        raise ConfigError(f"{path} collides with the gateway's own endpoints", key="path")
+def _token_length(ref: SecretRef | None) -> str | None:
+    if ref is not None and len(ref.resolve()) < MIN_TOKEN_CHARS:
+        return f"is shorter than {MIN_TOKEN_CHARS} characters; use a long random token"
+    return None
 
-    raw_senders = options.get("senders")
-    if not isinstance(raw_senders, Mapping) or not raw_senders:
-        raise ConfigError('is required: a table of sender id = { token = { file = "..." } ... }', key="senders")
-    senders = {sender_id: _sender(ctx, str(sender_id), raw) for sender_id, raw in raw_senders.items()}
-    # a credential must name exactly one sender, or the sender id recorded with a message is a guess
-    seen_tokens: dict[str, str] = {}
-    seen_certs: dict[str, str] = {}
-    for sender in senders.values():
-        if sender.token is not None:
-            if sender.token in seen_tokens:
-                raise ConfigError(
-                    f"the same token is configured for {seen_tokens[sender.token]!r}", key=f"senders.{sender.id}.token"
-                )
-            seen_tokens[sender.token] = sender.id
-        for fingerprint in sender.client_certificates:
-            if fingerprint in seen_certs:
-                raise ConfigError(
-                    f"the same client certificate is configured for {seen_certs[fingerprint]!r}",
-                    key=f"senders.{sender.id}.client_certificates",
-                )
-            seen_certs[fingerprint] = sender.id
 
-    return XoevHttpOptions(
-        path=path,
-        senders=senders,
-        max_body_bytes=_int(options, "max_body_bytes", ctx.max_body_bytes, 1),
-        max_attachments=_int(options, "max_attachments", DEFAULT_MAX_ATTACHMENTS, 0),
-        accept_test_messages=_bool(options, "accept_test_messages", True),
-        store_decoded=_bool(options, "store_decoded", True),
+@options
+class SenderOptions:
+    token: SecretRef | None = option(
+        default=None,
+        doc=f"Bearer token of this sender (a secret reference, at least {MIN_TOKEN_CHARS} characters).",
+        check=_token_length,
     )
+    client_certificates: frozenset[str] = option(
+        default=frozenset(),
+        doc="SHA-256 fingerprints (`sha256:AB:CD:…`) of the sender's client certificates (mutual TLS).",
+        parse=_fingerprints,
+        type_doc="list of string",
+    )
+    authors: frozenset[str] = option(
+        default=frozenset(), doc="Author authority ids this sender may send for (empty: any)."
+    )
+
+    def finish(self, at: At) -> SenderConfig:
+        if self.token is None and not self.client_certificates:
+            at.error("needs a token and/or client_certificates")
+        token = self.token.resolve() if self.token is not None else None
+        return SenderConfig("", token, self.client_certificates, self.authors)
+
+
+def _path(value: str) -> str | None:
+    if not _PATH.fullmatch(value):
+        return "must be an absolute URL path of letters, digits and . _ ~ - (no trailing /)"
+    return None
+
+
+@options
+class XoevHttpSourceOptions:
+    path: str | None = option(
+        default=None,
+        doc="The URL path senders POST to.",
+        check=lambda v: _path(v) if v is not None else None,
+        default_doc="/xoev/<source name>/messages",
+    )
+    senders: dict[str, SenderOptions] = option(
+        doc="Who may send here: `[sources.NAME.senders.<sender id>]` with `token` and/or `client_certificates`.",
+        hint='a table of sender id = { token = { file = "..." } ... }',
+        check=lambda v: None if v else 'is required: a table of sender id = { token = { file = "..." } ... }',
+    )
+    max_body_bytes: int | None = option(
+        default=None,
+        doc="Largest request body.",
+        check=lambda v: None if v is None or v >= 1 else "must be >= 1",
+        default_doc="[http] max_body_bytes",
+    )
+    max_attachments: int = option(
+        default=DEFAULT_MAX_ATTACHMENTS,
+        doc="Most attachments in one multipart request.",
+        check=lambda v: None if v >= 0 else "must be >= 0",
+    )
+    accept_test_messages: bool = option(default=True, doc="Accept messages marked as test messages.")
+    store_decoded: bool = option(default=True, doc="Also store the decoded JSON of the message as a part.")
+
+    def finish(self, at: At) -> XoevHttpOptions:
+        from gateway.http.paths import HttpPaths
+
+        if at.ctx.resources.get("xoev") is None:
+            at.error("needs the [xoev] table (schema bundles) in gateway.toml", "type")
+        path = self.path or f"/xoev/{at.ctx.name}/messages"
+        paths = at.ctx.resource(HttpPaths.RESOURCE, HttpPaths)
+        if paths is not None:
+            paths.claim(path, at.ctx.name, at.child("path"))
+        senders: dict[str, SenderConfig] = {}
+        seen_tokens: dict[str, str] = {}
+        seen_certs: dict[str, str] = {}
+        for sender_id, raw in self.senders.items():
+            where = at.child("senders").child(sender_id)
+            if not SENDER_ID.fullmatch(sender_id):
+                where.error("a sender id is 1-128 letters, digits and . _ : @ - (starting with a letter or digit)")
+                continue
+            sender = replace(typing.cast("SenderConfig", raw), id=sender_id)
+            # a credential must name exactly one sender, or the sender id recorded with a message is a guess
+            if sender.token is not None:
+                if sender.token in seen_tokens:
+                    where.error(f"the same token is configured for {seen_tokens[sender.token]!r}", "token")
+                seen_tokens.setdefault(sender.token, sender_id)
+            for fingerprint in sender.client_certificates:
+                if fingerprint in seen_certs:
+                    where.error(
+                        f"the same client certificate is configured for {seen_certs[fingerprint]!r}",
+                        "client_certificates",
+                    )
+                seen_certs.setdefault(fingerprint, sender_id)
+            senders[sender_id] = sender
+        return XoevHttpOptions(
+            path=path,
+            senders=senders,
+            max_body_bytes=self.max_body_bytes,
+            max_attachments=self.max_attachments,
+            accept_test_messages=self.accept_test_messages,
+            store_decoded=self.store_decoded,
+        )

@@ -19,26 +19,24 @@ import hashlib
 import json
 import re
 import uuid
-import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 from aiohttp.web_request import Request
-from prometheus_client import Counter
 
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.http.problem import problem_response
-from gateway.metrics import Metrics
 from gateway.model import BlobRef, Envelope, ReplyContext, RoutingKeys, SourceRef
-from gateway.pipeline.intake import IncomingMessage, Intake, IntakeClosed
+from gateway.pipeline.intake import IncomingMessage, IntakeClosed
 from gateway.problems import Problem
+from gateway.routing import SIGNATURE_METADATA_KEY
 from gateway.sources.base import AckOutcome, AckResult, SourceContext, SourceType
 from gateway.sources.xoev_http import auth as intake_auth
 from gateway.sources.xoev_http.body import ReceivedBody, read_body, too_large
-from gateway.sources.xoev_http.options import SenderConfig, XoevHttpOptions, parse_options
+from gateway.sources.xoev_http.options import SenderConfig, XoevHttpOptions, XoevHttpSourceOptions
 from gateway.sources.xoev_http.problems import (
     AUTHOR_NOT_ALLOWED,
     DRAINING,
@@ -56,10 +54,10 @@ from gateway.sources.xoev_http.problems import (
 )
 from gateway.xoev.adapters import DECODED_PART
 from gateway.xoev.parsing import XmlRejected, parse_xml
+from gateway.xoev.subsystem import XoevSubsystem
 
 if TYPE_CHECKING:
     from gateway.xoev.decode import ValidationOutcome
-    from gateway.xoev.validator import XoevValidator
 
 log = structlog.get_logger(__name__)
 
@@ -68,25 +66,6 @@ _DSIG_NS = b"http://www.w3.org/2000/09/xmldsig#"
 # A header message id used as reference and idempotency key (UUIDs, XDatenfelder ids, code list URNs);
 # anything else (absurdly long, odd characters) is replaced by the SHA-256 of the document.
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
-
-# Every xoev-http source of one gateway (keyed by its Intake): credentials of a sender of another
-# endpoint are "known, but not allowed here" (403), not "unknown" (401); paths must not collide.
-# Weak on both sides: a source references its intake, so a strong value would keep the key alive.
-_DIRECTORY: weakref.WeakKeyDictionary[Intake, weakref.WeakSet[XoevHttpSource]] = weakref.WeakKeyDictionary()
-_REFUSED: weakref.WeakKeyDictionary[Metrics, Counter] = weakref.WeakKeyDictionary()
-
-
-def _refused_counter(metrics: Metrics) -> Counter:
-    counter = _REFUSED.get(metrics)
-    if counter is None:
-        counter = Counter(
-            "gateway_xoev_http_refused",
-            "XÖV HTTP requests refused before intake, by problem type",
-            ["source", "reason"],
-            registry=metrics.registry,
-        )
-        _REFUSED[metrics] = counter
-    return counter
 
 
 def _validation_unavailable() -> Refusal:
@@ -103,12 +82,14 @@ class XoevHttpSource:
     needs_ack = False  # the sender learns the outcome from the status endpoint
     accept_policy = "delivered"
 
-    def __init__(self, ctx: SourceContext, options: XoevHttpOptions, validator: XoevValidator) -> None:
+    def __init__(self, ctx: SourceContext, options: XoevHttpOptions, xoev: XoevSubsystem) -> None:
         self.name = ctx.name
         self.ctx = ctx
         self.options = options
-        self.validator = validator
-        self.refused = _refused_counter(ctx.metrics)
+        self.max_body_bytes = options.max_body_bytes or ctx.max_body_bytes
+        self.xoev = xoev
+        self.validator = xoev.validator
+        self.refused = xoev.refused
         self._stopped = asyncio.Event()
 
     # -- Source protocol ------------------------------------------------------------------------
@@ -135,7 +116,7 @@ class XoevHttpSource:
         outcome = intake_auth.authenticate(self.options.senders, authorization, fingerprint)
         if outcome.sender is not None:
             return outcome.sender
-        for other in list(_DIRECTORY.get(self.ctx.intake, ())):
+        for other in self.xoev.endpoints:
             if other is not self and intake_auth.authenticate(other.options.senders, authorization, fingerprint).sender:
                 raise Refusal(403, SENDER_NOT_ALLOWED, "Sender not allowed", "this sender may not use this endpoint")
         challenge = f'Bearer realm="{self.name}"'
@@ -154,8 +135,8 @@ class XoevHttpSource:
         """``Expect: 100-continue``: refuse before the client sends the body."""
         try:
             self._auth(request)
-            if request.content_length is not None and request.content_length > self.options.max_body_bytes:
-                raise too_large(self.options.max_body_bytes)
+            if request.content_length is not None and request.content_length > self.max_body_bytes:
+                raise too_large(self.max_body_bytes)
         except Refusal as refusal:
             return self._refuse(refusal, None)
         if request.headers.get("Expect", "").lower() != "100-continue":
@@ -167,7 +148,7 @@ class XoevHttpSource:
     def _refuse(self, refusal: Refusal, sender: SenderConfig | None) -> web.Response:
         self.refused.labels(self.name, refusal.type).inc()
         log.info(
-            "xoev.intake.refused",
+            "xoev_intake_refused",
             source=self.name,
             status=refusal.status,
             problem_types=[refusal.type],
@@ -186,7 +167,7 @@ class XoevHttpSource:
             body = await read_body(
                 request,
                 blobs=self.ctx.blobs,
-                max_body=self.options.max_body_bytes,
+                max_body=self.max_body_bytes,
                 max_xml=self.validator.config.max_bytes,
                 max_attachments=self.options.max_attachments,
             )
@@ -196,7 +177,7 @@ class XoevHttpSource:
         except Exception:
             # Storing failed (disk full, database down): nothing was committed, so nothing was accepted.
             # 503 + Retry-After tells the sender to come back, instead of a generic 500 per request.
-            log.exception("xoev.intake.store_failed", source=self.name)
+            log.exception("xoev_intake_store_failed", source=self.name)
             unavailable = Refusal(
                 503,
                 STORE_UNAVAILABLE,
@@ -275,7 +256,7 @@ class XoevHttpSource:
                 sender=sender.id,
                 test=test,
             ),
-            metadata={"xoev": xoev_meta, "sender": sender.id},
+            metadata={"xoev": xoev_meta, "sender": sender.id, SIGNATURE_METADATA_KEY: signature},
             data=data,
             attachments=[*attachments, *([decoded] if decoded else [])],
             # The way back: answers go to this sender, in this Vorgang, from the reader it wrote to.
@@ -300,7 +281,7 @@ class XoevHttpSource:
                 id=stored.id,
             )
         log.info(
-            "xoev.intake.accepted",
+            "xoev_intake_accepted",
             source=self.name,
             sender=sender.id,
             message_id=stored.id,
@@ -318,14 +299,14 @@ class XoevHttpSource:
     def _decoded_json(self, decoded: dict[str, Any] | str | None) -> bytes | None:
         """The decoded part's content; a document that could not be decoded just goes without it."""
         if isinstance(decoded, str):
-            log.warning("xoev.intake.decode_failed", source=self.name, error_type=decoded.split(":", 1)[0])
+            log.warning("xoev_intake_decode_failed", source=self.name, error_type=decoded.split(":", 1)[0])
             return None
         if decoded is None:
             return None
         try:
             return json.dumps(decoded, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
         except ValueError:  # e.g. a NaN decoded from an xs:double
-            log.warning("xoev.intake.decode_failed", source=self.name, error_type="ValueError")
+            log.warning("xoev_intake_decode_failed", source=self.name, error_type="ValueError")
             return None
 
     async def _validate(self, xml: bytes) -> tuple[ValidationOutcome, dict[str, Any] | str | None]:
@@ -391,7 +372,7 @@ class XoevHttpSource:
             stored = None
             message_id = request.match_info["id"]
             if _is_uuid(message_id):
-                stored = await self.ctx.intake.store.get(message_id)
+                stored = await self.ctx.lookup().get(message_id)
             env = stored.envelope if stored else None
             if (
                 stored is None
@@ -430,20 +411,16 @@ def _content_hashes(envelope: Envelope) -> tuple[str, tuple[str, ...]]:
     return (envelope.data.sha512 if envelope.data else ""), tuple(sorted(a.sha512 for a in sent))
 
 
-def create(ctx: SourceContext, options: Mapping[str, Any]) -> XoevHttpSource:
-    if ctx.xoev is None:
+def create(ctx: SourceContext, options: XoevHttpOptions) -> XoevHttpSource:
+    xoev = ctx.subsystem("xoev", XoevSubsystem)
+    if xoev is None:  # the options reader refuses this already; a context built by hand
         raise ConfigError("needs the [xoev] table (schema bundles) in gateway.toml", key="type")
-    parsed = parse_options(ctx, options)
-    siblings = _DIRECTORY.setdefault(ctx.intake, weakref.WeakSet())
-    for other in list(siblings):
-        if other.options.path == parsed.path:
-            raise ConfigError(f"{parsed.path} is already the path of source {other.name!r}", key="path")
-    source = XoevHttpSource(ctx, parsed, ctx.xoev)
-    siblings.add(source)
+    source = XoevHttpSource(ctx, options, xoev)
+    xoev.endpoints.append(source)
     ctx.add_routes(
         [
-            web.post(parsed.path, source.post_message, expect_handler=source.expect),
-            web.get(parsed.path + "/{id}", source.get_status, allow_head=False),
+            web.post(options.path, source.post_message, expect_handler=source.expect),
+            web.get(options.path + "/{id}", source.get_status, allow_head=False),
         ]
     )
     return source
@@ -455,6 +432,7 @@ def gateway_source_types() -> list[SourceType]:
         SourceType(
             name=SOURCE_TYPE,
             create=create,
+            options=XoevHttpSourceOptions,
             description="XÖV messages POSTed over HTTP(S) by authenticated senders (token / client certificate)",
         )
     ]

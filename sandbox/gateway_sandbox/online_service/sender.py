@@ -527,7 +527,7 @@ class Sender:
             submission_id, case_id = str(created["submissionId"]), str(created["caseId"])
         except (ValueError, KeyError, TypeError):
             raise SenderError("create-submission", "response lacks submissionId/caseId") from None
-        log.info("fitconnect.sender.created", submission_id=submission_id, case_id=case_id)
+        log.info("fitconnect_sender_created", submission_id=submission_id, case_id=case_id)
 
         for att in prepared.attachments:
             url = f"{self._base}/v1/submissions/{submission_id}/attachments/{att.attachment_id}"
@@ -549,7 +549,7 @@ class Sender:
             f"{self._base}/v1/submissions/{submission_id}", json=submit, headers=await self._headers("application/json")
         ) as resp:
             await self._expect("submit-submission", resp, (202, 200))
-        log.info("fitconnect.sender.submitted", submission_id=submission_id, mode=str(breakage or "none"))
+        log.info("fitconnect_sender_submitted", submission_id=submission_id, mode=str(breakage or "none"))
 
         if breakage in SANDBOX_TAMPER_MODES:
             assert breakage is not None

@@ -39,7 +39,7 @@ async def _problem_middleware(request: web.Request, handler: Handler) -> web.Str
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return ProblemError(exc.status, kind, exc.reason, headers=headers).response(instance)
     except Exception:
-        log.exception("unhandled error", path=request.path, method=request.method)
+        log.exception("unhandled_error", path=request.path, method=request.method)
         return ProblemError(500, "internal-error", "unexpected error; see the sandbox log").response(instance)
 
 
@@ -49,7 +49,7 @@ async def _timers(sandbox: Sandbox) -> None:
         try:
             sandbox.sweep()
         except Exception:  # a broken sweep must not stop later ones
-            log.exception("timer sweep failed")
+            log.exception("timer_sweep_failed")
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -58,7 +58,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(sandbox.dispatcher.run(), name="sandbox-callbacks"),
         asyncio.create_task(_timers(sandbox), name="sandbox-timers"),
     ]
-    log.info("sandbox started", url=sandbox.base_url, count=len(sandbox.state.destinations))
+    log.info("sandbox_started", url=sandbox.base_url, count=len(sandbox.state.destinations))
     try:
         yield
     finally:

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
+import typing
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.config import read_toml
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.fitconnect.keys import KeyValidationError, validate_public_jwk
-from gateway.secrets import parse_secret_ref
+from gateway.options import At, ReadContext, Reader, failed, option, options
+from gateway.options.checks import positive
+from gateway.secrets import SecretRef
 
 URN_RE = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:[a-z0-9()+,.:=@;$_!*'%/?#-]+$")
 REGION_RE = re.compile(r"^DE[0-9]{0,12}$")
@@ -90,29 +93,37 @@ class ClientConfig:
     destinations: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@options
 class Limits:
-    max_attachment_bytes: int = 500 * MIB  # FIT-Connect: 500 MB per encrypted attachment
-    max_submit_bytes: int = 64 * MIB  # PUT /v1/submissions/{id} (metadata + data JWEs)
-    max_json_bytes: int = 1 * MIB  # other JSON requests
-    max_event_bytes: int = 256 * 1024  # POST /v1/cases/{id}/events
-    max_attachments: int = 100
-    max_set_skew: int = 300  # seconds an incoming SET's iat may lie in the future
+    max_attachment_bytes: int = option(
+        default=500 * MIB, doc="FIT-Connect: 500 MB per encrypted attachment.", check=positive
+    )
+    max_submit_bytes: int = option(
+        default=64 * MIB, doc="PUT /v1/submissions/{id} (metadata + data JWEs).", check=positive
+    )
+    max_json_bytes: int = option(default=1 * MIB, doc="Other JSON requests.", check=positive)
+    max_event_bytes: int = option(default=256 * 1024, doc="POST /v1/cases/{id}/events.", check=positive)
+    max_attachments: int = option(default=100, doc="Attachments per submission.", check=positive)
+    max_set_skew: int = option(default=300, doc="Seconds an incoming SET's iat may lie in the future.", check=positive)
 
 
-@dataclass(frozen=True, slots=True)
+@options
 class Periods:
-    incomplete_deletion: float = 86400.0  # incomplete submissions are deleted after 1 day
-    auto_reject: float = 14 * 86400.0  # submitted but not accepted/rejected after 14 days
-    sweep_interval: float = 1.0  # how often the timers look (real seconds)
+    incomplete_deletion: float = option(
+        default=86400.0, doc="Incomplete submissions are deleted after this.", check=positive
+    )
+    auto_reject: float = option(
+        default=14 * 86400.0, doc="Submitted but not accepted/rejected: rejected after.", check=positive
+    )
+    sweep_interval: float = option(default=1.0, doc="How often the timers look (real seconds).", check=positive)
 
 
-@dataclass(frozen=True, slots=True)
+@options
 class CallbackPolicy:
-    max_attempts: int = 5
-    initial_delay: float = 1.0  # real seconds; doubled per attempt
-    max_delay: float = 60.0
-    timeout: float = 10.0
+    max_attempts: int = option(default=5, doc="Delivery attempts per callback.", check=positive)
+    initial_delay: float = option(default=1.0, doc="Real seconds; doubled per attempt.", check=positive)
+    max_delay: float = option(default=60.0, doc="Largest wait between attempts.", check=positive)
+    timeout: float = option(default=10.0, doc="Seconds per attempt.", check=positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +144,9 @@ class SandboxConfig:
     check_jwe_profile: bool = False
     # "v1" is OpenAPI 1.1.3; "v2" the profile of digest §2.10 (third-party evidence), see profiles.py.
     api_versions: tuple[str, ...] = ("v1", "v2")
-    limits: Limits = Limits()
-    periods: Periods = Periods()
-    callbacks: CallbackPolicy = CallbackPolicy()
+    limits: Limits = field(default_factory=Limits)
+    periods: Periods = field(default_factory=Periods)
+    callbacks: CallbackPolicy = field(default_factory=CallbackPolicy)
     source: str = "<code>"
 
     def validate(self) -> None:
@@ -167,340 +178,285 @@ def callback_url_problem(url: str, allow_insecure: bool) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading
+# Reading: declared for the gateway's option reader (gateway.options), every problem of the file at once
 
 
-class _Errors:
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.items: list[ConfigError] = []
-
-    def add(self, key: str, reason: str) -> None:
-        self.items.append(ConfigError(reason, key=key, file=self.file))
-
-
-def _table(raw: Any, key: str, errs: _Errors, allowed: set[str]) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        errs.add(key, "expected a table")
-        return {}
-    for unknown in sorted(set(raw) - allowed):
-        errs.add(f"{key}.{unknown}" if key else unknown, "unknown key")
-    return raw
-
-
-def _get(t: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any, key: str, errs: _Errors) -> Any:
-    if name not in t:
-        return default
-    value = t[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds:
-        kinds = (*kinds, int)  # TOML writes 86400 for 86400.0
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        errs.add(f"{key}.{name}" if key else name, f"expected {' or '.join(k.__name__ for k in kinds)}")
-        return default
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _str_list(t: Mapping[str, Any], name: str, key: str, errs: _Errors) -> list[str]:
-    value = t.get(name, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        errs.add(f"{key}.{name}", "expected a list of strings")
-        return []
-    return list(value)
-
-
-def _secret(raw: Any, key: str, base_dir: Path, errs: _Errors) -> str:
+def _secret(raw: Any, at: At) -> str:
     # Inline secrets are fine here: everything the sandbox knows is test material.
     if isinstance(raw, str):
         if not raw:
-            errs.add(key, "must not be empty")
+            raise ConfigError("must not be empty")
         return raw
-    try:
-        return parse_secret_ref(raw, key=key, base_dir=base_dir).resolve()
-    except ConfigError as exc:
-        errs.add(exc.key or key, exc.reason)
-        return ""
+    ref = at.convert(SecretRef, raw)
+    return ref.resolve() if isinstance(ref, SecretRef) else failed()
 
 
-def _load_jwk(
-    path_str: str, key: str, base_dir: Path, errs: _Errors, purpose: Literal["encryption", "signing"]
-) -> dict[str, Any] | None:
-    path = Path(path_str)
-    path = path if path.is_absolute() else base_dir / path
+def _one_of(values: tuple[str, ...]) -> Any:
+    return lambda v: None if v in values else f"must be one of {', '.join(values)}"
+
+
+def _jwk_files(purpose: Literal["encryption", "signing"]) -> Any:
+    def parse(raw: Any, at: At) -> Any:
+        paths = at.convert(tuple[Path, ...], [raw] if isinstance(raw, str) else raw)
+        if not isinstance(paths, tuple):
+            return failed()
+        if not paths:
+            raise ConfigError(f"at least one public {purpose} JWK file is required")
+        keys = [_load_jwk(path, at.child(i), purpose) for i, path in enumerate(paths)]
+        return failed() if any(k is None for k in keys) else tuple(keys)
+
+    return parse
+
+
+def _load_jwk(path: Path, at: At, purpose: Literal["encryption", "signing"]) -> dict[str, Any] | None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        errs.add(key, f"cannot read key file {path}: {exc.strerror}")
+        at.error(f"cannot read key file {path}: {exc.strerror}")
         return None
     except json.JSONDecodeError as exc:
-        errs.add(key, f"key file {path} is not JSON: {exc.msg}")
+        at.error(f"key file {path} is not JSON: {exc.msg}")
         return None
     if not isinstance(value, dict) or not isinstance(value.get("kid"), str):
-        errs.add(key, f"key file {path} is not a JWK with a kid")
+        at.error(f"key file {path} is not a JWK with a kid")
         return None
     if any(name in value for name in ("d", "p", "q", "dp", "dq", "qi")):
-        errs.add(key, f"key file {path} holds a private key; give the public JWK")
+        at.error(f"key file {path} holds a private key; give the public JWK")
         return None
     try:
         # The sandbox plays the TEST environment: self-signed certificates are fine, the rest is checked.
         validate_public_jwk(value, purpose=purpose, allow_self_signed=True)
     except KeyValidationError as exc:
-        errs.add(key, f"key file {path} is not a valid {purpose} key ({exc.code}): {exc.message}")
+        at.error(f"key file {path} is not a valid {purpose} key ({exc.code}): {exc.message}")
         return None
     return value
 
 
-def _service(raw: Any, key: str, errs: _Errors) -> ServiceConfig | None:
-    t = _table(raw, key, errs, {"identifier", "regions", "submission_schemas"})
-    identifier = _get(t, "identifier", str, "", key, errs)
-    if not URN_RE.match(identifier) or not 7 <= len(identifier) <= 255:
-        errs.add(f"{key}.identifier", "must be a service URN (urn:de:fim:leika:leistung:…)")
-    regions = _str_list(t, "regions", key, errs)
-    if not regions:
-        errs.add(f"{key}.regions", "at least one region is required")
-    for r in regions:
-        if not REGION_RE.match(r):
-            errs.add(f"{key}.regions", f"{r!r} is not DE followed by up to 12 digits")
-    schemas: list[SubmissionSchema] = []
-    raw_schemas = t.get("submission_schemas", [])
-    if not isinstance(raw_schemas, list) or not raw_schemas:
-        errs.add(f"{key}.submission_schemas", "at least one submission schema is required")
-        raw_schemas = []
-    for j, s in enumerate(raw_schemas):
-        skey = f"{key}.submission_schemas[{j}]"
-        st = _table(s, skey, errs, {"schema_uri", "mime_type"})
-        uri = _get(st, "schema_uri", str, "", skey, errs)
-        mime = _get(st, "mime_type", str, "", skey, errs)
-        if not uri or ":" not in uri:
-            errs.add(f"{skey}.schema_uri", "must be a URI")
-        if mime not in SCHEMA_MIME_TYPES:
-            errs.add(f"{skey}.mime_type", f"must be one of {', '.join(SCHEMA_MIME_TYPES)}")
-        schemas.append(SubmissionSchema(uri, mime))
-    return ServiceConfig(identifier, tuple(regions), tuple(schemas))
+def _strings(raw: Any, at: At) -> Any:
+    """A string or a list of strings (the sandbox has always taken both)."""
+    return at.convert(tuple[str, ...], [raw] if isinstance(raw, str) else raw)
 
 
-_CONTACT_KEYS = {"legal_name": "legalName", "address": "address", "phone": "phone", "email": "email", "unit": "unit"}
+def _identifier(value: str) -> str | None:
+    if not URN_RE.match(value) or not 7 <= len(value) <= 255:
+        return "must be a service URN (urn:de:fim:leika:leistung:…)"
+    return None
 
 
-def _destination(raw: Any, key: str, base_dir: Path, errs: _Errors) -> DestinationConfig | None:
-    allowed = {
-        "id",
-        "status",
-        "services",
-        "metadata_versions",
-        "encryption_keys",
-        "encryption_kid",
-        "signing_keys",
-        "callback",
-        "contact_information",
-        "reply_channels",
-    }
-    t = _table(raw, key, errs, allowed)
+def _regions(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "at least one region is required"
+    bad = next((r for r in values if not REGION_RE.match(r)), None)
+    return f"{bad!r} is not DE followed by up to 12 digits" if bad is not None else None
+
+
+def _uuid(raw: Any, at: At) -> str:
     try:
-        dest_id = normalize_uuid(_get(t, "id", str, "", key, errs))
+        return normalize_uuid(raw)
     except ValueError:
-        errs.add(f"{key}.id", "must be a UUID")
-        dest_id = ""
-    status = _get(t, "status", str, "active", key, errs)
-    if status not in DESTINATION_STATUSES:
-        errs.add(f"{key}.status", f"must be one of {', '.join(DESTINATION_STATUSES)}")
-    raw_services = t.get("services", [])
-    if not isinstance(raw_services, list) or not raw_services:
-        errs.add(f"{key}.services", "at least one service is required")
-        raw_services = []
-    services = [svc for i, raw_s in enumerate(raw_services) if (svc := _service(raw_s, f"{key}.services[{i}]", errs))]
-    versions = _str_list(t, "metadata_versions", key, errs) or ["1.0.0"]
-    for v in versions:
-        if not SEMVER_RE.match(v):
-            errs.add(f"{key}.metadata_versions", f"{v!r} is not MAJOR.MINOR.PATCH")
-    if len(set(versions)) != len(versions):
-        errs.add(f"{key}.metadata_versions", "versions must be unique")
-    enc_keys = [
-        k
-        for i, p in enumerate(_str_list(t, "encryption_keys", key, errs))
-        if (k := _load_jwk(p, f"{key}.encryption_keys[{i}]", base_dir, errs, "encryption"))
-    ]
-    sig_keys = [
-        k
-        for i, p in enumerate(_str_list(t, "signing_keys", key, errs))
-        if (k := _load_jwk(p, f"{key}.signing_keys[{i}]", base_dir, errs, "signing"))
-    ]
-    if not t.get("encryption_keys"):
-        errs.add(f"{key}.encryption_keys", "at least one public encryption JWK file is required")
-    if not t.get("signing_keys"):
-        errs.add(f"{key}.signing_keys", "at least one public signing JWK file is required")
-    encryption_kid = _get(t, "encryption_kid", str, "", key, errs) or (enc_keys[0]["kid"] if enc_keys else "")
-    if enc_keys and encryption_kid not in {k["kid"] for k in enc_keys}:
-        errs.add(f"{key}.encryption_kid", "must be the kid of one of the encryption_keys")
-    callback = None
-    if "callback" in t:
-        ckey = f"{key}.callback"
-        ct = _table(t["callback"], ckey, errs, {"url", "secret"})
-        url = _get(ct, "url", str, "", ckey, errs)
-        if "secret" not in ct:
-            errs.add(f"{ckey}.secret", "is required")
-        secret = _secret(ct.get("secret", ""), f"{ckey}.secret", base_dir, errs) if "secret" in ct else ""
-        if secret and not MIN_CALLBACK_SECRET <= len(secret) <= MAX_CALLBACK_SECRET:
-            errs.add(f"{ckey}.secret", f"must have {MIN_CALLBACK_SECRET}–{MAX_CALLBACK_SECRET} characters")
-        callback = CallbackConfig(url, secret)
-    contact: dict[str, str] = {}
-    if "contact_information" in t:
-        ckey = f"{key}.contact_information"
-        ct = _table(t["contact_information"], ckey, errs, set(_CONTACT_KEYS))
-        for toml_name, api_name in _CONTACT_KEYS.items():
-            value = _get(ct, toml_name, str, None, ckey, errs)
-            if value is not None:
-                contact[api_name] = value
-            elif toml_name != "unit":
-                errs.add(f"{ckey}.{toml_name}", "is required")
-    else:
-        errs.add(f"{key}.contact_information", "is required (legal_name, address, phone, email)")
-    reply_channels = _get(t, "reply_channels", dict, None, key, errs)
-    return DestinationConfig(
-        id=dest_id,
-        status=status,
-        services=tuple(services),
-        metadata_versions=tuple(versions),
-        encryption_keys=tuple(enc_keys),
-        encryption_kid=encryption_kid,
-        signing_keys=tuple(sig_keys),
-        callback=callback,
-        contact_information=contact,
-        reply_channels=reply_channels,
+        raise ConfigError("must be a UUID") from None
+
+
+def _versions(values: tuple[str, ...]) -> str | None:
+    bad = next((v for v in values if not SEMVER_RE.match(v)), None)
+    if bad is not None:
+        return f"{bad!r} is not MAJOR.MINOR.PATCH"
+    return "versions must be unique" if len(set(values)) != len(values) else None
+
+
+@options
+class SchemaOptions:
+    schema_uri: str = option(doc="The data schema's URI.", check=lambda v: None if ":" in v else "must be a URI")
+    mime_type: str = option(doc="`application/json` or `application/xml`.", check=_one_of(SCHEMA_MIME_TYPES))
+
+    def finish(self, at: At) -> SubmissionSchema:
+        return SubmissionSchema(self.schema_uri, self.mime_type)
+
+
+@options
+class ServiceOptions:
+    identifier: str = option(doc="Service URN (LeiKa).", check=_identifier)
+    regions: tuple[str, ...] = option(
+        doc="ARS/AGS of the regions (`DE` + up to 12 digits).", parse=_strings, check=_regions
+    )
+    submission_schemas: tuple[SchemaOptions, ...] = option(
+        doc="Data schemas of the service.", check=lambda v: None if v else "at least one submission schema is required"
     )
 
+    def finish(self, at: At) -> ServiceConfig:
+        schemas = typing.cast("tuple[SubmissionSchema, ...]", self.submission_schemas)
+        return ServiceConfig(self.identifier, self.regions, schemas)
 
-def _client(raw: Any, key: str, base_dir: Path, errs: _Errors) -> ClientConfig:
-    t = _table(raw, key, errs, {"id", "secret", "scopes", "destinations"})
-    client_id = _get(t, "id", str, "", key, errs)
-    if not client_id:
-        errs.add(f"{key}.id", "is required")
-    if "secret" not in t:
-        errs.add(f"{key}.secret", "is required")
-    secret = _secret(t.get("secret", ""), f"{key}.secret", base_dir, errs) if "secret" in t else ""
-    scopes = _str_list(t, "scopes", key, errs)
+
+@options
+class CallbackOptions:
+    url: str = option(doc="Where the ZSD posts callbacks.")
+    secret: str = option(
+        doc="HMAC secret (inline allowed: test material).",
+        parse=_secret,
+        check=lambda v: (
+            None
+            if MIN_CALLBACK_SECRET <= len(v) <= MAX_CALLBACK_SECRET
+            else f"must have {MIN_CALLBACK_SECRET}–{MAX_CALLBACK_SECRET} characters"
+        ),
+    )
+
+    def finish(self, at: At) -> CallbackConfig:
+        return CallbackConfig(self.url, self.secret)
+
+
+@options
+class ContactOptions:
+    legal_name: str = option(doc="Legal name of the authority.")
+    address: str = option(doc="Postal address.")
+    phone: str = option(doc="Phone.")
+    email: str = option(doc="E-mail.")
+    unit: str | None = option(default=None, doc="Unit.")
+
+    def finish(self, at: At) -> dict[str, str]:
+        contact = {"legalName": self.legal_name, "address": self.address, "phone": self.phone, "email": self.email}
+        return contact | ({"unit": self.unit} if self.unit is not None else {})
+
+
+@options
+class DestinationOptions:
+    id: str = option(doc="Destination id (UUID).", parse=_uuid)
+    status: str = option(default="active", doc="Destination status.", check=_one_of(DESTINATION_STATUSES))
+    services: tuple[ServiceOptions, ...] = option(
+        doc="Services.", check=lambda v: None if v else "at least one service is required"
+    )
+    metadata_versions: tuple[str, ...] = option(
+        default=("1.0.0",), doc="Metadata versions.", parse=_strings, check=_versions
+    )
+    encryption_keys: tuple[dict[str, Any], ...] = option(
+        doc="Public encryption JWK files.",
+        parse=_jwk_files("encryption"),
+        hint="at least one public encryption JWK file",
+    )
+    encryption_kid: str = option(default="", doc="kid of the key senders encrypt to (default: the first).")
+    signing_keys: tuple[dict[str, Any], ...] = option(
+        doc="Public signing JWK files.", parse=_jwk_files("signing"), hint="at least one public signing JWK file"
+    )
+    callback: CallbackOptions | None = option(default=None, doc="Callback URL and secret.")
+    contact_information: ContactOptions = option(
+        doc="legal_name, address, phone, email (and unit).", hint="legal_name, address, phone, email"
+    )
+    reply_channels: dict[str, Any] | None = option(default=None, doc="The destination's replyChannels (as in the API).")
+
+    def finish(self, at: At) -> DestinationConfig:
+        kid = self.encryption_kid or self.encryption_keys[0]["kid"]
+        if kid not in {k["kid"] for k in self.encryption_keys}:
+            at.error("must be the kid of one of the encryption_keys", "encryption_kid")
+        return DestinationConfig(
+            id=self.id,
+            status=self.status,
+            services=typing.cast("tuple[ServiceConfig, ...]", self.services),
+            metadata_versions=self.metadata_versions,
+            encryption_keys=self.encryption_keys,
+            encryption_kid=kid,
+            signing_keys=self.signing_keys,
+            callback=typing.cast("CallbackConfig | None", self.callback),
+            contact_information=typing.cast("dict[str, str]", self.contact_information),
+            reply_channels=self.reply_channels,
+        )
+
+
+def _scopes(values: tuple[str, ...]) -> str | None:
     from gateway_sandbox.zustelldienst.scopes import scope_problem  # local: scopes imports this module
 
-    for s in scopes:
-        problem = scope_problem(s)
-        if problem:
-            errs.add(f"{key}.scopes", problem)
+    return next((p for p in map(scope_problem, values) if p), None)
+
+
+def _links(raw: Any, at: At) -> Any:
+    values = _strings(raw, at)
+    if not isinstance(values, tuple):
+        return failed()
     links = []
-    for d in _str_list(t, "destinations", key, errs):
+    for d in values:
         try:
             links.append(normalize_uuid(d))
         except ValueError:
-            errs.add(f"{key}.destinations", f"{d!r} is not a UUID")
-    return ClientConfig(client_id, secret, tuple(scopes), tuple(links))
+            at.error(f"{d!r} is not a UUID")
+    return failed() if at.reader.failed(at.key) else tuple(links)
 
 
-def _api_versions(t: Mapping[str, Any], errs: _Errors) -> tuple[str, ...]:
-    versions = _str_list(t, "api_versions", "sandbox", errs) if "api_versions" in t else ["v1", "v2"]
+@options
+class ClientOptions:
+    id: str = option(doc="OAuth client id.", check=lambda v: None if v else "is required")
+    secret: str = option(doc="OAuth client secret (inline allowed: test material).", parse=_secret)
+    scopes: tuple[str, ...] = option(default=(), doc="Scopes of the client.", parse=_strings, check=_scopes)
+    destinations: tuple[str, ...] = option(default=(), doc="Destinations URI-style scopes apply to.", parse=_links)
+
+    def finish(self, at: At) -> ClientConfig:
+        return ClientConfig(self.id, self.secret, self.scopes, self.destinations)
+
+
+def _api_versions(raw: Any, at: At) -> Any:
+    versions = _strings(raw, at)
+    if not isinstance(versions, tuple):
+        return failed()
     if not versions or any(v not in ("v1", "v2") for v in versions) or len(set(versions)) != len(versions):
-        errs.add("sandbox.api_versions", 'must be a non-empty list of "v1" and/or "v2"')
-        return ("v1", "v2")
-    return tuple(versions)
+        raise ConfigError('must be a non-empty list of "v1" and/or "v2"')
+    return versions
+
+
+def _base_url(value: str | None) -> str | None:
+    return None if value is None or re.match(r"^https?://[^/]+", value) else "must be an http(s) URL"
+
+
+@options
+class SandboxOptions:
+    base_url: str | None = option(
+        default=None, doc="iss of ZSD-issued SETs (default http://<host>:<port>).", check=_base_url
+    )
+    state_dir: Path | None = option(default=None, doc="Persist the state here (default: in memory).")
+    signing_key_file: Path | None = option(default=None, doc="PEM signing key of the ZSD (default: generated).")
+    token_lifetime: int = option(default=1800, doc="Seconds an access token lives.", check=positive)
+    allow_insecure_callbacks: bool = option(default=False, doc="Allow http:// callback URLs.")
+    inspection_api: bool = option(default=True, doc="Serve the inspection API.")
+    verify_accept_tags: bool = option(default=True, doc="accept-submission must carry the recorded authenticationTags.")
+    check_jwe_profile: bool = option(default=False, doc="Refuse JWEs outside the FIT-Connect profile.")
+    api_versions: tuple[str, ...] = option(
+        default=("v1", "v2"), doc="Submission API versions served.", parse=_api_versions
+    )
+    limits: Limits = option(doc="Request and upload limits.", default_factory=Limits)
+    periods: Periods = option(doc="Deletion and auto-reject periods.", default_factory=Periods)
+    callbacks: CallbackPolicy = option(doc="Callback delivery policy.", default_factory=CallbackPolicy)
+
+
+@options
+class SandboxFile:
+    sandbox: SandboxOptions = option(doc="The sandbox itself.", default_factory=SandboxOptions)
+    destinations: tuple[DestinationOptions, ...] = option(default=(), doc="`[[destinations]]`.")
+    clients: tuple[ClientOptions, ...] = option(default=(), doc="`[[clients]]`.")
 
 
 def parse_config(raw: Mapping[str, Any], *, file: Path) -> SandboxConfig:
-    errs = _Errors(str(file))
-    base_dir = file.parent
-    top = _table(raw, "", errs, {"sandbox", "destinations", "clients"})
-    s = _table(
-        top.get("sandbox", {}),
-        "sandbox",
-        errs,
-        {
-            "base_url",
-            "state_dir",
-            "signing_key_file",
-            "token_lifetime",
-            "allow_insecure_callbacks",
-            "inspection_api",
-            "verify_accept_tags",
-            "check_jwe_profile",
-            "api_versions",
-            "limits",
-            "periods",
-            "callbacks",
-        },
-    )
-
-    def positive(t: Mapping[str, Any], name: str, default: Any, key: str, kind: type) -> Any:
-        value = _get(t, name, kind, default, key, errs)
-        if value <= 0:
-            errs.add(f"{key}.{name}", "must be > 0")
-            return default
-        return value
-
-    lt = _table(s.get("limits", {}), "sandbox.limits", errs, set(Limits.__dataclass_fields__))
-    limits = Limits(**{n: positive(lt, n, getattr(Limits(), n), "sandbox.limits", int) for n in lt})
-    pt = _table(s.get("periods", {}), "sandbox.periods", errs, set(Periods.__dataclass_fields__))
-    periods = Periods(**{n: positive(pt, n, getattr(Periods(), n), "sandbox.periods", float) for n in pt})
-    cbt = _table(s.get("callbacks", {}), "sandbox.callbacks", errs, set(CallbackPolicy.__dataclass_fields__))
-    policy = CallbackPolicy(
-        **{
-            n: positive(
-                cbt, n, getattr(CallbackPolicy(), n), "sandbox.callbacks", int if n == "max_attempts" else float
-            )
-            for n in cbt
-        }
-    )
-
-    def path(name: str) -> Path | None:
-        value = _get(s, name, str, None, "sandbox", errs)
-        if value is None:
-            return None
-        p = Path(value)
-        return p if p.is_absolute() else base_dir / p
-
-    raw_dests = top.get("destinations", [])
-    if not isinstance(raw_dests, list):
-        errs.add("destinations", "expected an array of tables ([[destinations]])")
-        raw_dests = []
-    raw_clients = top.get("clients", [])
-    if not isinstance(raw_clients, list):
-        errs.add("clients", "expected an array of tables ([[clients]])")
-        raw_clients = []
-    dests = [d for i, r in enumerate(raw_dests) if (d := _destination(r, f"destinations[{i}]", base_dir, errs))]
-    clients = [_client(r, f"clients[{i}]", base_dir, errs) for i, r in enumerate(raw_clients)]
-    base_url = _get(s, "base_url", str, None, "sandbox", errs)
-    if base_url is not None and not re.match(r"^https?://[^/]+", base_url):
-        errs.add("sandbox.base_url", "must be an http(s) URL")
-    config = SandboxConfig(
-        destinations=tuple(dests),
-        clients=tuple(clients),
-        base_url=base_url.rstrip("/") if base_url else None,
-        state_dir=path("state_dir"),
-        signing_key_file=path("signing_key_file"),
-        token_lifetime=positive(s, "token_lifetime", 1800, "sandbox", int),
-        allow_insecure_callbacks=_get(s, "allow_insecure_callbacks", bool, False, "sandbox", errs),
-        inspection_api=_get(s, "inspection_api", bool, True, "sandbox", errs),
-        verify_accept_tags=_get(s, "verify_accept_tags", bool, True, "sandbox", errs),
-        check_jwe_profile=_get(s, "check_jwe_profile", bool, False, "sandbox", errs),
-        api_versions=_api_versions(s, errs),
-        limits=limits,
-        periods=periods,
-        callbacks=policy,
+    reader = Reader(ReadContext(base_dir=file.parent, file=str(file)))
+    parsed = reader.read(SandboxFile, raw)
+    reader.raise_errors()
+    assert parsed is not None
+    s = parsed.sandbox
+    return SandboxConfig(
+        destinations=typing.cast("tuple[DestinationConfig, ...]", parsed.destinations),
+        clients=typing.cast("tuple[ClientConfig, ...]", parsed.clients),
+        base_url=s.base_url.rstrip("/") if s.base_url else None,
+        state_dir=s.state_dir,
+        signing_key_file=s.signing_key_file,
+        token_lifetime=s.token_lifetime,
+        allow_insecure_callbacks=s.allow_insecure_callbacks,
+        inspection_api=s.inspection_api,
+        verify_accept_tags=s.verify_accept_tags,
+        check_jwe_profile=s.check_jwe_profile,
+        api_versions=s.api_versions,
+        limits=s.limits,
+        periods=s.periods,
+        callbacks=s.callbacks,
         source=str(file),
     )
-    if errs.items:
-        raise ConfigErrors(errs.items)
-    return config
 
 
 def load_config(path: Path | str) -> SandboxConfig:
     """Read and check a ``sandbox.toml``; raises :class:`ConfigErrors` listing every problem."""
     file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigErrors([ConfigError("file not found", file=str(file))]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigErrors([ConfigError(f"invalid TOML: {exc}", file=str(file))]) from None
-    return parse_config(raw, file=file)
+    return parse_config(read_toml(file), file=file)

@@ -156,7 +156,7 @@ class CallbackDispatcher:
                 record.state = "failed"
                 self._due.pop(delivery_id, None)
                 log.warning(
-                    "callback delivery failed", target=record.target, url=record.url, count=len(record.attempts)
+                    "callback_delivery_failed", target=record.target, url=record.url, count=len(record.attempts)
                 )
             else:
                 n = len(record.attempts) // sends
@@ -190,7 +190,7 @@ class CallbackDispatcher:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             attempt.error = type(exc).__name__
         log.info(
-            "callback attempt",
+            "callback_attempt",
             url=record.url,
             target=record.target,
             status=attempt.status,

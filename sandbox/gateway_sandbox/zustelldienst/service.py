@@ -247,7 +247,7 @@ class Sandbox:
         self.state.submissions[sub.id] = sub
         self.issue_event(sub, CREATE_SUBMISSION, {})
         self.save()
-        log.info("submission created", submission_id=sub.id, destination=dest.id)
+        log.info("submission_created", submission_id=sub.id, destination=dest.id)
         return sub
 
     def check_attachment_upload(self, grant: Grant, submission_id: str, attachment_id: str) -> SubmissionRecord:
@@ -292,7 +292,7 @@ class Sandbox:
         self.issue_event(sub, SUBMIT_SUBMISSION, {"authenticationTags": recorded})
         self._notify_destination(sub, CALLBACK_NEW_SUBMISSIONS)
         self.save()
-        log.info("submission submitted", submission_id=sub.id, destination=sub.destination_id)
+        log.info("submission_submitted", submission_id=sub.id, destination=sub.destination_id)
         return sub
 
     def pickup(self, grant: Grant, destination_id: str | None, limit: int, offset: int) -> dict[str, Any]:
@@ -371,7 +371,7 @@ class Sandbox:
         self._close(sub, "accepted" if parsed.event == ACCEPT_SUBMISSION else "rejected")
         self._notify_sender(sub)
         self.save()
-        log.info("submission closed by subscriber", submission_id=sub.id, status=sub.status)
+        log.info("submission_closed_by_subscriber", submission_id=sub.id, status=sub.status)
         return record
 
     def _close(self, sub: SubmissionRecord, status: str) -> None:
@@ -392,7 +392,7 @@ class Sandbox:
                 self._close(sub, "deleted")
                 self._notify_sender(sub)
                 changed += 1
-                log.info("incomplete submission deleted", submission_id=sub.id)
+                log.info("incomplete_submission_deleted", submission_id=sub.id)
             elif (
                 sub.status in READABLE_STATUSES
                 and sub.submitted_at is not None
@@ -403,7 +403,7 @@ class Sandbox:
                 self._notify_sender(sub)
                 self._notify_destination(sub, CALLBACK_NEW_EVENTS)
                 changed += 1
-                log.info("submission rejected automatically", submission_id=sub.id)
+                log.info("submission_rejected_automatically", submission_id=sub.id)
         if changed:
             self.save()
         return changed
@@ -449,7 +449,7 @@ class Sandbox:
             dest = dataclasses.replace(dest, signing_keys=(*dest.signing_keys, dict(jwk)))
         self.state.destinations[dest.id] = dest
         self.save()
-        log.info("destination key added", destination=dest.id, kid=kid, mode=purpose)
+        log.info("destination_key_added", destination=dest.id, kid=kid, mode=purpose)
         return True
 
     def find_key(self, destination_id: str, kid: str) -> dict[str, Any]:
@@ -515,7 +515,7 @@ class Sandbox:
                 raise ProblemError(422, "invalid-request", "submission has no data")
             self._corrupt_blob(sub, blob_part)
         self.save()
-        log.info("event log tampered", case_id=case.id, submission_id=sub.id, mode=mode)
+        log.info("event_log_tampered", case_id=case.id, submission_id=sub.id, mode=mode)
 
     @staticmethod
     def _tag_path(tags: dict[str, Any], part: str | None) -> tuple[dict[str, Any], str]:

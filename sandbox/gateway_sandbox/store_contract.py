@@ -1,10 +1,10 @@
-"""The store contract: the test suite every store backend must pass, shipped with the gateway.
+"""The store contract: the test suite every store backend must pass, shipped in the development companion.
 
 Both built-in backends run it (``tests/store/test_contract.py``); a third backend is tested the same
 way, by subclassing :class:`StoreContract` and providing the ``store`` fixture::
 
     import pytest
-    from gateway.store.contract import FakeClock, StoreContract
+    from gateway_sandbox.store_contract import FakeClock, StoreContract
 
     class TestMyStore(StoreContract):
         @pytest.fixture
