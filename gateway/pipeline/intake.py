@@ -25,6 +25,7 @@ from gateway.model import (
     Envelope,
     InvalidTransition,
     MessageState,
+    ReplyContext,
     RoutingKeys,
     SourceRef,
     new_message_id,
@@ -49,6 +50,7 @@ class IncomingMessage:
     problems: Sequence[Problem] = ()  # what the channel's own checks found (e.g. FIT-Connect receipt checks)
     needs_ack: bool = False  # upstream must be told accept/reject
     received_at: datetime | None = None
+    reply: ReplyContext | None = None  # how the applicant can be answered (stored with the message)
 
 
 class HandOver(Protocol):

@@ -508,7 +508,12 @@ class Sender:
         if prepared.encrypted_data is not None:
             submit["encryptedData"] = prepared.encrypted_data
         await self.api.expect(
-            "PUT", f"/submissions/{submission_id}", (202, 200), what="submit-submission", json_body=submit, bounded=False
+            "PUT",
+            f"/submissions/{submission_id}",
+            (202, 200),
+            what="submit-submission",
+            json_body=submit,
+            bounded=False,
         )
         log.info("fitconnect_sender_submitted", submission_id=submission_id, mode=str(breakage or "none"))
 
