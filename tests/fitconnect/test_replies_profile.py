@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
@@ -23,16 +24,20 @@ from gateway.channels.fitconnect.options import parse_options
 from gateway.channels.fitconnect.payload import attachment_ids_for, reply_id_for
 from gateway.errors import ConfigError
 from gateway.fitconnect import replies as rp
+from gateway.fitconnect.callbacks import CALLBACK_NEW_EVENTS, sign_callback
 from gateway.fitconnect.client import ApiError
 from gateway.fitconnect.jose import b64url_decode, b64url_encode
 from gateway.fitconnect.keys import jwk_from_public_key
 from gateway.fitconnect.metadata import AttachmentSpec
 from gateway.fitconnect.reply_key import REASONS, ReplyKeyError, validate_process_standards, validate_reply_key
 from gateway.fitconnect.sets import parse_set, verify_set
+from gateway.metrics import Metrics
 from gateway.model import Answer, AnswerKind, BlobRef, Envelope, ReplyContext, RoutingKeys, SourceRef
 from gateway.plugins import PluginHost
+from gateway.sources.fitconnect.callback import callback_handler
 from gateway.sources.fitconnect.reply_context import reply_context
 from gateway_sandbox.online_service.replies import ApplicantKey
+from gateway_sandbox.zustelldienst.state import CaseRecord, EventRecord, ReplyRecord, SandboxState
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "fitconnect-replies.md"
@@ -377,3 +382,64 @@ async def test_confirmation_hints_are_passed_on_and_unsubscribed(key: ApplicantK
     assert heard == [["r1"]]
     await ch.close()
     assert source.listeners == []
+
+
+# -- the destination's callback endpoint and the sandbox's persisted reply state --------------------------
+
+
+async def test_reply_event_callbacks_reach_the_listeners(aiohttp_client: Any) -> None:
+    secret = "destination-callback-secret-" + "x" * 32
+    heard: list[list[str]] = []
+    polls: list[int] = []
+    handler = callback_handler(
+        name="fc",
+        secret=secret,
+        metrics=Metrics(),
+        trigger=lambda: polls.append(1),
+        on_reply_events=lambda ids: heard.append(list(ids)),
+        clock=lambda: 1_700_000_000.0,
+    )
+    app = web.Application()
+    app.router.add_post("/cb", handler)
+    client = await aiohttp_client(app)
+    reply_id = str(uuid.uuid4())
+
+    async def post(body: dict[str, Any], key: str = secret) -> int:
+        raw = json.dumps(body).encode()
+        headers = {"callback-timestamp": "1700000000", "callback-authentication": sign_callback(key, raw, 1700000000)}
+        resp = await client.post("/cb", data=raw, headers=headers)
+        return resp.status
+
+    item = rp.reply_item(reply_id=reply_id, case_id=CASE, destination_id=DESTINATION)
+    assert await post(rp.callback_body(rp.CALLBACK_REPLY_EVENTS, [item])) == 200
+    assert await post({"type": CALLBACK_NEW_EVENTS, "submissions": []}) == 200  # about submissions: no hint
+    assert await post(rp.callback_body(rp.CALLBACK_REPLY_EVENTS, [item]), key="wrong" * 8) == 401
+    assert heard == [[reply_id]]
+    assert polls == []
+
+
+def test_reply_state_survives_a_sandbox_restart() -> None:
+    state = SandboxState()
+    reply = ReplyRecord(
+        id=str(uuid.uuid4()),
+        case_id=CASE,
+        destination_id=DESTINATION,
+        client_id="c",
+        announced=["a"],
+        created_at=1.0,
+        status="submitted",
+        uploaded=["a"],
+        tags={"metadata": "m"},
+    )
+    state.replies[reply.id] = reply
+    state.received[reply.id] = {"decision": "accept-reply"}
+    state.cases[CASE] = CaseRecord(
+        CASE, DESTINATION, [EventRecord("t", None, rp.SUBMIT_REPLY, "j", "i", 1.0, reply.id)]
+    )
+    again = SandboxState.from_json(json.loads(json.dumps(state.to_json())))
+    assert again.replies == state.replies
+    assert again.received == state.received
+    assert again.reply_events(reply.id) == state.reply_events(reply.id)
+    old = state.to_json()
+    del old["replies"], old["received"]  # a state file from before replies existed
+    assert SandboxState.from_json(old).replies == {}

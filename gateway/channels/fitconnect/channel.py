@@ -177,6 +177,8 @@ class FitConnectReplyChannel:
             payload = await build_payload(outgoing, plan.key, plan.process_standard)
         except OSError as exc:
             return SendResult(SendOutcome.PERMANENT, f"the answer's payload cannot be read ({type(exc).__name__})")
+        except ValueError as exc:  # e.g. a blob whose recorded hash is not a SHA-512 digest
+            return SendResult(SendOutcome.PERMANENT, f"the answer cannot be expressed as reply metadata: {exc}")
         try:
             result = await self._send(plan, payload)
         except _Stop as stop:
@@ -289,7 +291,8 @@ class FitConnectReplyChannel:
 
     def _outcome(self, reply_log: ReplyLog, outgoing: Outgoing) -> ConfirmResult:
         expected = set(attachment_ids_for(outgoing.idempotency_key, outgoing.answer))
-        if set(reply_log.tags.get("attachments", {})) != expected or "data" not in reply_log.tags:
+        recorded = {str(k).lower() for k in reply_log.tags.get("attachments", {})}
+        if recorded != expected or "data" not in reply_log.tags:
             return ConfirmResult(ConfirmOutcome.INVALID, "submit-reply records other parts than the answer has")
         if reply_log.decision is None:
             return ConfirmResult(ConfirmOutcome.PENDING, "no accept-reply or reject-reply yet",
