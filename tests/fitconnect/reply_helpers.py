@@ -134,8 +134,10 @@ async def way_back(
     breakage: ReplyBreakage | None = None,
     process_standards: Sequence[str] = REPLY_PROCESS_STANDARDS,
     channel_options: dict[str, Any] | None = None,
+    **source_options: Any,
 ) -> AsyncIterator[WayBack]:
-    async with e2e(tmp_path, metadata_dir, callback_secret={"file": str(_secret_file(tmp_path))}) as gw:
+    secret = {"file": str(_secret_file(tmp_path))}
+    async with e2e(tmp_path, metadata_dir, callback_secret=secret, **source_options) as gw:
         gw.sandbox.set_destination_callback(f"{gw.url}/callbacks/fitconnect/{gw.name}", CALLBACK_SECRET)
         runtime = gw.runtime
         assert runtime is not None

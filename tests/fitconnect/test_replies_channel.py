@@ -98,6 +98,27 @@ async def test_accepted_reply_with_a_bescheid(
         assert shown["attachments"][0]["sha512"] == hashlib.sha512(PDF).hexdigest()
 
 
+async def test_a_v2_source_replies_under_v2(
+    tmp_path: Path, fitconnect_shared: Path, fitconnect_applicant_key: ApplicantKey
+) -> None:
+    """api_profile v2: the same flow under /v2, with its stricter JWE headers (cty required, no zip)."""
+    async with way_back(tmp_path, fitconnect_shared, fitconnect_applicant_key, api_profile="v2") as way:
+        seen: list[str] = []
+        real_call = way.channel.api.call
+
+        async def recording(method: str, path: str, **kwargs: Any) -> HttpResult:
+            seen.append(way.channel.api.url(path, versioned=kwargs.get("versioned", True)))
+            return await real_call(method, path, **kwargs)
+
+        way.channel.api.call = recording  # type: ignore[method-assign]
+        bescheid = way.blob(PDF, media_type="application/pdf", filename="bescheid.pdf")
+        outgoing, result = await sent_and_answered(way, attachments=[bescheid])
+        replies = [url for url in seen if "/replies" in url]  # the client is the source's: it polls too
+        assert replies
+        assert all("/v2/replies" in url for url in replies), replies
+        assert (await way.confirm(outgoing, result)).outcome is ConfirmOutcome.CONFIRMED
+
+
 async def test_xml_data_in_the_common_process_standard(
     tmp_path: Path, fitconnect_shared: Path, fitconnect_applicant_key: ApplicantKey
 ) -> None:
