@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "plugins"))
 
+from fitconnect_large_attachment import gateway_toml, write_random  # noqa: E402  (the same gateway and bytes)
+
 from gateway.channels.base import ChannelContext, Outgoing, SendOutcome  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.model import Answer, AnswerKind, MessageState, ReplyContext  # noqa: E402
@@ -57,40 +59,6 @@ MB = 1000 * 1000
 DATA = (REPO / "schemas" / "demo" / "examples" / "gewerbeanmeldung.json").read_bytes()
 
 
-def gateway_toml(tmp: Path, sandbox: Any, shared: Path) -> Path:
-    keys = sandbox.keys
-    (tmp / "client.secret").write_text(sandbox.subscriber.client_secret)
-    (tmp / "out").mkdir()
-    config = tmp / "gateway.toml"
-    config.write_text(
-        f"""
-[store]
-path = "var/gateway.db"
-blob_dir = "var/blobs"
-[adapters.fs]
-type = "filesystem"
-directory = "out"
-[[routes]]
-name = "all"
-adapter = "fs"
-[sources.fc]
-type = "fitconnect"
-submission_api_url = "{sandbox.base_url}"
-token_url = "{sandbox.token_url}"
-client_id = "{sandbox.subscriber.client_id}"
-client_secret = {{ file = "client.secret" }}
-destination_id = "{sandbox.destination_id}"
-decryption_keys = ["{keys.encryption_private}"]
-signing_key = "{keys.signing_private}"
-allow_self_signed = true
-metadata_schema_dirs = ["{shared / "fitconnect"}"]
-data_schema_dirs = ["{REPO / "schemas" / "demo"}"]
-poll_interval = 0.1
-"""
-    )
-    return config
-
-
 async def taken_in(runtime: Any, submission_id: str) -> Any:
     """The stored message once the gateway accepted it upstream (polled: the bench's only wait)."""
     for _ in range(6000):
@@ -101,22 +69,13 @@ async def taken_in(runtime: Any, submission_id: str) -> Any:
     raise SystemExit("the gateway did not take the application in within a minute")
 
 
-def write_random(path: Path, size: int) -> None:
-    with path.open("wb") as fh:
-        left = size
-        while left:
-            block = os.urandom(min(8 << 20, left))
-            fh.write(block)
-            left -= len(block)
-
-
 async def run(size: int, shared: Path, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fc-reply-bench-") as raw:
         tmp = Path(raw)
         keys = generate_sandbox_keys(tmp / "keys")
         applicant_key = ApplicantKey.generate()
         async with running_sandbox(keys=keys, limits=Limits(max_attachment_bytes=size * 2)) as sandbox:
-            runtime = build_runtime(load_config(gateway_toml(tmp, sandbox, shared)))
+            runtime = build_runtime(load_config(gateway_toml(tmp, sandbox, shared, size)))
             contexts: dict[str, ReplyContext | None] = {}
             receive = runtime.intake.receive
 
