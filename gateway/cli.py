@@ -162,6 +162,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "builtin": i.builtin,
             "adapter_types": list(i.adapter_types),
             "source_types": list(i.source_types),
+            "reply_channel_types": list(i.reply_channel_types),
         }
         for i in host.infos
     ]
@@ -169,7 +170,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        provides = [f"adapter:{t}" for t in row["adapter_types"]] + [f"source:{t}" for t in row["source_types"]]
+        provides = (
+            [f"adapter:{t}" for t in row["adapter_types"]]
+            + [f"source:{t}" for t in row["source_types"]]
+            + [f"reply-channel:{t}" for t in row["reply_channel_types"]]
+        )
         dist = f"{row['distribution']} {row['version']}" if row["distribution"] else "-"
         print(f"{row['name']:<38} {dist:<24} {', '.join(provides) or '-'}")
     return 0

@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from gateway.adapters.base import AdapterType
+    from gateway.channels.base import ReplyChannelType
     from gateway.model import Envelope
     from gateway.problems import Problem
     from gateway.sources.base import SourceType
@@ -44,6 +45,17 @@ def gateway_adapter_types() -> Sequence[AdapterType]:
 @hookspec
 def gateway_source_types() -> Sequence[SourceType]:
     """Return the source (inbound channel) types this plugin provides (e.g. ``fitconnect``)."""
+
+
+@hookspec
+def gateway_reply_channel_types() -> Sequence[ReplyChannelType]:
+    """Return the reply channel types this plugin provides (e.g. ``fitconnect``): the way back.
+
+    :param: none.
+    :returns: the :class:`~gateway.channels.base.ReplyChannelType` objects; the operator declares
+        instances in ``[reply_channels.NAME] type = "..."``. Names must be unique across all
+        plugins; a clash fails startup.
+    """
 
 
 @hookspec

@@ -25,6 +25,7 @@ from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from gateway.adapters.base import AdapterType
+    from gateway.channels.base import ReplyChannelType
     from gateway.model import Envelope
     from gateway.problems import Problem
     from gateway.sources.base import SourceType
@@ -70,6 +71,7 @@ class PluginInfo:
     builtin: bool
     adapter_types: tuple[str, ...] = ()
     source_types: tuple[str, ...] = ()
+    reply_channel_types: tuple[str, ...] = ()
 
 
 @dataclass
@@ -79,6 +81,7 @@ class PluginHost:
     adapter_types: dict[str, AdapterType] = field(default_factory=dict)
     source_types: dict[str, SourceType] = field(default_factory=dict)
     subsystem_types: dict[str, SubsystemType] = field(default_factory=dict)
+    reply_channel_types: dict[str, ReplyChannelType] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -139,33 +142,22 @@ class PluginHost:
     def _collect_types(self) -> None:
         # Through the hook relay's implementations (not getattr), so exactly the registered hooks count,
         # and each type is attributed to the plugin that provides it.
-        provided: dict[str, tuple[list[str], list[str]]] = {i.name: ([], []) for i in self.infos}
-        for impl in self.pm.hook.gateway_adapter_types.get_hookimpls():
-            adapter_types = cast("Sequence[AdapterType]", impl.function())
-            for adapter_type in adapter_types:
-                if adapter_type.name in self.adapter_types:
-                    raise ConfigError(
-                        f"adapter type {adapter_type.name!r} is provided by two plugins (second: {impl.plugin_name})"
-                    )
-                self.adapter_types[adapter_type.name] = adapter_type
-                provided.setdefault(impl.plugin_name, ([], []))[0].append(adapter_type.name)
-        for impl in self.pm.hook.gateway_source_types.get_hookimpls():
-            source_types = cast("Sequence[SourceType]", impl.function())
-            for source_type in source_types:
-                if source_type.name in self.source_types:
-                    raise ConfigError(
-                        f"source type {source_type.name!r} is provided by two plugins (second: {impl.plugin_name})"
-                    )
-                self.source_types[source_type.name] = source_type
-                provided.setdefault(impl.plugin_name, ([], []))[1].append(source_type.name)
-        for impl in self.pm.hook.gateway_subsystem_types.get_hookimpls():
-            for subsystem_type in cast("Sequence[SubsystemType]", impl.function()):
-                if subsystem_type.name in self.subsystem_types:
-                    second = impl.plugin_name
-                    raise ConfigError(
-                        f"subsystem type {subsystem_type.name!r} is provided by two plugins (second: {second})"
-                    )
-                self.subsystem_types[subsystem_type.name] = subsystem_type
+        provided: dict[str, dict[str, list[str]]] = {}
+        for kind, hook, registry in (
+            ("adapter", self.pm.hook.gateway_adapter_types, self.adapter_types),
+            ("source", self.pm.hook.gateway_source_types, self.source_types),
+            ("reply channel", self.pm.hook.gateway_reply_channel_types, self.reply_channel_types),
+            ("subsystem", self.pm.hook.gateway_subsystem_types, self.subsystem_types),
+        ):
+            for impl in hook.get_hookimpls():
+                for provided_type in cast("Sequence[Any]", impl.function()):
+                    if provided_type.name in registry:
+                        second = impl.plugin_name
+                        raise ConfigError(
+                            f"{kind} type {provided_type.name!r} is provided by two plugins (second: {second})"
+                        )
+                    registry[provided_type.name] = provided_type
+                    provided.setdefault(impl.plugin_name, {}).setdefault(kind, []).append(provided_type.name)
         self.infos = [
             PluginInfo(
                 i.name,
@@ -173,8 +165,9 @@ class PluginHost:
                 i.distribution,
                 i.version,
                 i.builtin,
-                tuple(sorted(provided[i.name][0])),
-                tuple(sorted(provided[i.name][1])),
+                tuple(sorted(provided.get(i.name, {}).get("adapter", []))),
+                tuple(sorted(provided.get(i.name, {}).get("source", []))),
+                tuple(sorted(provided.get(i.name, {}).get("reply channel", []))),
             )
             for i in self.infos
         ]

@@ -6,7 +6,9 @@ For each answer the reply router asks the channels a route allows, in order, whe
 it (:meth:`ReplyChannel.suitable`); the first that can is chosen, else the fallback, with every
 reason recorded. The answer worker then calls :meth:`ReplyChannel.send` at least once per answer
 (idempotent on :attr:`Outgoing.idempotency_key`), and :meth:`ReplyChannel.confirm` while the
-recipient has not yet confirmed or refused it.
+recipient has not yet confirmed or refused it. Confirmation is polled (``check_again_after``); a
+channel whose upstream can announce news (e.g. a FIT-Connect callback) also implements
+:class:`ConfirmationHints`, and the worker then polls at once when it is told to.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ class SendResult:
 
 
 class ConfirmOutcome(enum.StrEnum):
-    PENDING = "pending"  # nothing yet: ask again later
+    PENDING = "pending"  # nothing yet (or upstream unreachable right now): ask again later
     CONFIRMED = "confirmed"  # e.g. FIT-Connect accept-reply
     REFUSED = "refused"  # e.g. FIT-Connect reject-reply, with its problems
+    # The evidence cannot be trusted or the answer is unknown upstream (a forged or inconsistent
+    # event log, a reply the Zustelldienst does not know): dead letter with the reason, an operator decides.
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,26 @@ class ReplyChannel(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# ``listener(references)``: a confirmation poll is worth doing now for the answers whose
+# SendResult.reference is in ``references`` (empty: any SENT answer of this channel).
+ConfirmationListener = Callable[[Sequence[str]], None]
+
+
+@runtime_checkable
+class ConfirmationHints(Protocol):
+    """Optional for a :class:`ReplyChannel`: upstream can tell that confirmations may have arrived.
+
+    The answer worker subscribes once per channel instance; the listener must be cheap and must not
+    block (it typically marks the answers due and wakes the worker, which then calls ``confirm``).
+    The references are hints from upstream, never trusted beyond choosing whom to poll first: the
+    outcome always comes from ``confirm``.
+    """
+
+    def subscribe_confirmations(self, listener: ConfirmationListener) -> Callable[[], None]:
+        """Register ``listener``; returns the function that unsubscribes it."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,21 @@ For vendors' and our own tests; nothing here is meant for production. Two ways t
     async with running_sandbox(tmp_path=Path("/tmp/x")) as sb:
         print(sb.base_url, sb.token_url, sb.sender.client_id, sb.sender.client_secret)
 
+The way back (FIT-Connect replies): :meth:`RunningSandbox.online_service` gives a test online service
+(:class:`~gateway_sandbox.online_service.replies.OnlineService`) that submits with its own reply key,
+receives replies, decrypts and checks them and answers accept-reply or reject-reply;
+:meth:`RunningSandbox.replies` shows each reply of a case with what the applicant received::
+
+    async def test_reply(fitconnect_sandbox, fitconnect_applicant_key):
+        async with fitconnect_sandbox.online_service(fitconnect_applicant_key) as applicant:
+            sent = await applicant.submit(destination_id=..., service_identifier=..., data=..., data_schema_uri=...)
+            ...  # the system under test answers in sent.case_id
+            (received,) = await applicant.poll()
+            assert received.accepted
+
 The default configuration has one active destination (:data:`TEST_DESTINATION_ID`) with the two demo
-services (Gewerbeanmeldung JSON, Bauantrag XML) in region ``DE09162000``, a subscriber client and a
+services (Gewerbeanmeldung JSON, Bauantrag XML) in region ``DE09162000``, offering fitConnect replies
+in :data:`REPLY_PROCESS_STANDARDS`, a subscriber client and a
 sender client (``send:region:DE``), fast callback retries and ``http://`` callbacks allowed (test
 receivers listen on loopback). Its key material (:class:`SandboxKeys`, RSA-4096, self-signed, TEST
 ONLY) is generated once per pytest session: the private JWKs are there for the subscriber side of a
@@ -50,6 +63,7 @@ from aiohttp import web
 from gateway.fitconnect.jose import parse_jws
 from gateway.fitconnect.keys import generate_key_set
 from gateway.fitconnect.sets import EVENT_PREFIX
+from gateway_sandbox.online_service.replies import ApplicantKey, OnlineService, ReplyBreakage
 from gateway_sandbox.zustelldienst.app import create_sandbox_app
 from gateway_sandbox.zustelldienst.appkeys import SANDBOX
 from gateway_sandbox.zustelldienst.clock import SandboxClock
@@ -62,6 +76,7 @@ from gateway_sandbox.zustelldienst.config import (
     ServiceConfig,
     SubmissionSchema,
 )
+from gateway_sandbox.zustelldienst.reply_inspection import reply_view
 from gateway_sandbox.zustelldienst.service import Sandbox
 from gateway_sandbox.zustelldienst.state import CallbackFaults
 from gateway_sandbox.zustelldienst.zsd_key import ZsdSigningKey, generate_private_key, load_or_create, write_private_key
@@ -74,6 +89,8 @@ BAU_SCHEMA = "urn:example:demo:bauantrag:1.0"
 TEST_REGION = "DE09162000"
 SUBSCRIBER_CLIENT_ID = "subscriber-test"
 SENDER_CLIENT_ID = "sender-test"
+# What the default destination answers in over FIT-Connect (replyChannels.fitConnect.processStandards).
+REPLY_PROCESS_STANDARDS = ("urn:xoev-de:bmk:standard:xbau_2.4", "urn:example:demo:antwort:1.0")
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,7 @@ def default_config(
         metadata_versions=("1.0.0", "2.1.0"),
         encryption_kid=keys.encryption_kid,
         callback=CallbackConfig(*destination_callback) if destination_callback else None,
+        reply_channels={"fitConnect": {"processStandards": list(REPLY_PROCESS_STANDARDS)}},
         contact_information={
             "legalName": "Sandbox-Teststadt",
             "address": "Teststraße 1, 80331 München",
@@ -270,6 +288,49 @@ class RunningSandbox:
         """Fault injection, as ``POST /_sandbox/cases/{caseId}/tamper``."""
         self.sandbox.tamper(case_id, submission_id, mode, part)
 
+    # -- the way back -----------------------------------------------------------------------------
+
+    def online_service(
+        self,
+        key: ApplicantKey,
+        *,
+        process_standards: tuple[str, ...] = REPLY_PROCESS_STANDARDS,
+        breakage: ReplyBreakage | None = None,
+    ) -> OnlineService:
+        """A test online service with the sender client's credentials (``async with`` it)."""
+        creds = self.sender
+        return OnlineService(
+            self.base_url,
+            self.token_url,
+            creds.client_id,
+            creds.client_secret,
+            key=key,
+            process_standards=process_standards,
+            breakage=breakage,
+        )
+
+    def replies(self, case_id: str) -> list[dict[str, Any]]:
+        """Every reply of the case: the Zustelldienst's record, its decoded events and, under
+        ``received``, what the applicant received (as ``GET /_sandbox/cases/{caseId}/replies``)."""
+        case = self.sandbox.case(case_id)
+        found = sorted(
+            (r for r in self.sandbox.state.replies.values() if r.case_id == case.id), key=lambda r: r.created_at
+        )
+        return [reply_view(self.sandbox, r) for r in found]
+
+    def reply_status(self, reply_id: str) -> str:
+        return self.sandbox.replies.reply(reply_id).status
+
+    def tamper_reply(self, reply_id: str, mode: str, part: str | None = None) -> None:
+        """Fault injection, as ``POST /_sandbox/replies/{replyId}/tamper``."""
+        self.sandbox.replies.tamper(reply_id, mode, part)
+
+    def offer_fitconnect_replies(self, process_standards: tuple[str, ...] | None = REPLY_PROCESS_STANDARDS) -> None:
+        """Set what the destination offers: fitConnect replies in ``process_standards``, or (None) no
+        reply channel at all."""
+        channels = {"fitConnect": {"processStandards": list(process_standards)}} if process_standards else None
+        self.sandbox.update_destination(self.destination_id, reply_channels=channels)
+
     def deliveries(self) -> list[dict[str, Any]]:
         """The callback delivery log (as ``GET /_sandbox/callbacks`` shows it)."""
         return self.sandbox.dispatcher.public_log()
@@ -352,6 +413,11 @@ else:
     def fitconnect_sandbox_keys(tmp_path_factory: pytest.TempPathFactory) -> SandboxKeys:
         """Key material for the default sandbox destination, generated once per session."""
         return generate_sandbox_keys(tmp_path_factory.mktemp("fitconnect-sandbox-keys"))
+
+    @pytest.fixture(scope="session")
+    def fitconnect_applicant_key() -> ApplicantKey:
+        """The test online service's RSA-4096 reply key, generated once per session."""
+        return ApplicantKey.generate()
 
     @pytest_asyncio.fixture
     async def fitconnect_sandbox(fitconnect_sandbox_keys: SandboxKeys) -> AsyncIterator[RunningSandbox]:

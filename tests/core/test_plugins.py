@@ -139,6 +139,7 @@ def test_cli_plugins_lists_bundled_adapters(tmp_path: Path, capsys: pytest.Captu
         "builtin": False,
         "adapter_types": ["webhook"],
         "source_types": [],
+        "reply_channel_types": [],
     }
 
 

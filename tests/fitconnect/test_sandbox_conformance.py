@@ -34,11 +34,12 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from gateway.fitconnect.sets import REJECT_SUBMISSION
+from gateway.fitconnect.sets import REJECT_SUBMISSION, parse_set
 from gateway_sandbox.testing import TEST_DESTINATION_ID, RunningSandbox, SandboxKeys
 from gateway_sandbox.zustelldienst.config import Limits
 
 from .sandbox_helpers import JOSE, Api, Resp, accept_set, create_body, jwe, sandbox_api, subscriber_set
+from .test_replies_sandbox import complete_reply
 from .test_sandbox_destinations import _public_jwk
 
 pytestmark = pytest.mark.shared
@@ -245,6 +246,12 @@ async def test_full_flow_conforms_to_openapi_1_1_3(
         assert (await api.call("GET", f"/v1/submissions/{sid}/attachments/{aid}", auth="subscriber")).status == 404
         r = await api.call("GET", f"/v1/cases/{cid}/events", auth="sender")
         assert len(r.json["eventLog"]) == 3
+
+        # --- a reply in the case (the gateway's reply profile, not in the spec): the case's log, now
+        # holding reply SETs (sub reply:<id>) too, still conforms to EventLog
+        await complete_reply(Api(api.sb, api.http), cid, attachments=0)
+        r = await api.call("GET", f"/v1/cases/{cid}/events", auth="subscriber")
+        assert parse_set(r.json["eventLog"][-1]).reply_id is not None
 
         # --- destination management (rollover)
         new_jwk = _public_jwk(second_key, "7a1b2c3d-0000-4000-8000-00000000beef")

@@ -9,7 +9,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from gateway.fitconnect.keys import jwk_from_public_key, self_signed_certificate, x5c_entry
-from gateway_sandbox.testing import GEWERBE_SCHEMA, GEWERBE_SERVICE, TEST_DESTINATION_ID, RunningSandbox
+from gateway_sandbox.testing import (
+    GEWERBE_SCHEMA,
+    GEWERBE_SERVICE,
+    REPLY_PROCESS_STANDARDS,
+    TEST_DESTINATION_ID,
+    RunningSandbox,
+)
 
 from .sandbox_helpers import Api, api_fixture, create_body  # noqa: F401  (api_fixture provides the api fixture)
 
@@ -44,6 +50,7 @@ async def test_public_and_private_views(fitconnect_sandbox: RunningSandbox, api:
         ],
         "encryptionKid": sb.keys.encryption_kid,
         "metadataVersions": ["1.0.0", "2.1.0"],
+        "replyChannels": {"fitConnect": {"processStandards": list(REPLY_PROCESS_STANDARDS)}},
     }
     r = await api.call("GET", DEST, auth="sender")
     assert r.status == 200

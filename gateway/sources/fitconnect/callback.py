@@ -4,19 +4,23 @@ Receiver rules (digest §2.6): HMAC-SHA512 over ``timestamp + "." + raw body`` (
 never re-serialised JSON), compared in constant time; the timestamp within 5 minutes in either
 direction; invalid callbacks are ignored (not acted upon), counted per reason in
 ``gateway_callbacks_invalid`` and logged without content. A valid ``new-submissions`` callback only
-means "go and poll now": the submissions are always fetched with GET.
+means "go and poll now": the submissions are always fetched with GET. A valid ``new-events``
+callback naming ``replies`` (reply profile, :mod:`gateway.fitconnect.replies`) tells the reply
+channel to look at those replies' event logs now; the ids are a hint, the outcome is always read
+from the verified log.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
+from gateway.fitconnect import replies as reply_profile
 from gateway.fitconnect.callbacks import (
     CALLBACK_NEW_EVENTS,
     CALLBACK_NEW_SUBMISSIONS,
@@ -53,6 +57,7 @@ def callback_handler(
     secret: str,
     metrics: FitConnectMetrics,
     trigger: Callable[[], None],
+    on_reply_events: Callable[[Sequence[str]], None] = lambda reply_ids: None,
     clock: Callable[[], float] = time.time,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     def ignored(reason: str) -> None:
@@ -84,7 +89,12 @@ def callback_handler(
             trigger()
             log.info("fitconnect_callback", source=name, reason="new-submissions")
         elif kind == CALLBACK_NEW_EVENTS:
-            log.info("fitconnect_callback", source=name, reason="new-events")  # sender-side news: nothing to do
+            if isinstance(parsed, dict) and "replies" in parsed:  # accept-/reject-reply of our replies
+                reply_ids = reply_profile.callback_reply_ids(parsed)
+                on_reply_events(reply_ids)
+                log.info("fitconnect_callback", source=name, reason="reply-events", count=len(reply_ids))
+            else:
+                log.info("fitconnect_callback", source=name, reason="new-events")  # about submissions: nothing to do
         else:
             ignored("malformed" if parsed is None or not isinstance(kind, str) else "unknown-type")
         return web.json_response({"status": "ok"})

@@ -59,6 +59,7 @@ from gateway.sources.fitconnect.checks import (
 from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TooLarge
 from gateway.sources.fitconnect.eventlog import KeyResolver, LogProblem, fetch_event_log, submit_tags
 from gateway.sources.fitconnect.options import SubscriberOptions
+from gateway.sources.fitconnect.reply_context import reply_context
 from gateway.store.blobs import BlobStore
 from gateway.xoev.parsing import XmlRejected
 from gateway.xoev.validator import ValidationUnavailable, XoevValidator
@@ -445,4 +446,5 @@ class Receiver:
             attachments=attachment_refs,
             problems=list(found.problems),
             needs_ack=True,
+            reply=reply_context(found.metadata, case_id=found.case_id, destination_id=found.destination_id),
         )

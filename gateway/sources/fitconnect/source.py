@@ -16,6 +16,7 @@ import contextlib
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -73,9 +74,14 @@ class FitConnectSource:
         self.last_poll_ok: bool | None = None
         self.last_poll_error = ""
         self.last_poll_at: float | None = None
+        self._reply_listeners: list[Callable[[Sequence[str]], None]] = []
         if options.callback_secret is not None:
             handler = callback_handler(
-                name=self.name, secret=options.callback_secret, metrics=self.metrics, trigger=self.trigger
+                name=self.name,
+                secret=options.callback_secret,
+                metrics=self.metrics,
+                trigger=self.trigger,
+                on_reply_events=self.reply_events,
             )
             ctx.add_routes([web.post(options.callback_path, handler)])
 
@@ -84,6 +90,19 @@ class FitConnectSource:
     def trigger(self) -> None:
         """Poll now (a valid callback arrived)."""
         self._wake.set()
+
+    def subscribe_reply_events(self, listener: Callable[[Sequence[str]], None]) -> Callable[[], None]:
+        """``listener(reply_ids)`` is called when a valid callback says replies of this destination
+        have new events (the ``fitconnect`` reply channel subscribes); returns the unsubscriber."""
+        self._reply_listeners.append(listener)
+        return lambda: self._reply_listeners.remove(listener) if listener in self._reply_listeners else None
+
+    def reply_events(self, reply_ids: Sequence[str]) -> None:
+        for listener in list(self._reply_listeners):
+            try:
+                listener(reply_ids)
+            except Exception:  # a listener's bug must not fail the callback
+                log.exception("fitconnect_reply_listener_failed", source=self.name)
 
     async def run(self) -> None:
         self._start_workers()

@@ -17,13 +17,12 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-import io
 import json
 import os
 import tempfile
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.fitconnect.client import ApiError, FitConnectClient
 from gateway.fitconnect.jose import (
     JWE_ALG,
     auth_tag,
@@ -53,7 +53,6 @@ log = structlog.get_logger(__name__)
 USER_AGENT = "ozg-gateway-test-sender/0.1"
 JOSE_CONTENT_TYPE = "application/jose"
 _HASH_CHUNK = 1 << 20
-_TOKEN_RENEW_MARGIN = 60  # renew a cached token this many seconds before it expires
 
 
 class Breakage(enum.StrEnum):
@@ -129,14 +128,23 @@ class SentSubmission:
     attachment_ids: list[str] = field(default_factory=list)
 
 
-class SenderError(Exception):
+class SenderError(ApiError):
     """A step of the submission failed (HTTP status and a short, non-personal detail)."""
 
-    def __init__(self, step: str, detail: str, *, status: int | None = None) -> None:
-        super().__init__(f"{step}: {detail}" + (f" (HTTP {status})" if status is not None else ""))
-        self.step = step
-        self.detail = detail
-        self.status = status
+    @property
+    def step(self) -> str:
+        return self.what
+
+
+@contextmanager
+def sender_errors() -> Iterator[None]:
+    """The shared client's :class:`ApiError` as the sender's :class:`SenderError` (same step, status)."""
+    try:
+        yield
+    except SenderError:
+        raise
+    except ApiError as exc:
+        raise SenderError(exc.what, exc.detail, status=exc.status) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,8 +234,14 @@ def prepare_submission(
     metadata_version: str = "1.0.0",
     quirks: SenderQuirks = SenderQuirks(),
     breakage: Breakage | None = None,
+    reply_channel: dict[str, Any] | None = None,
+    reference_info: dict[str, Any] | None = None,
 ) -> PreparedSubmission:
-    """Hash, build metadata, encrypt everything and apply ``breakage``; raise ValueError if impossible."""
+    """Hash, build metadata, encrypt everything and apply ``breakage``; raise ValueError if impossible.
+
+    ``reply_channel`` becomes the metadata's ``replyChannel``, ``reference_info`` its
+    ``additionalReferenceInfo`` (consent to a digital Bescheid, DeutschlandID application id).
+    """
     if breakage in _NEEDS_DATA and data is None:
         raise ValueError(f"breakage {breakage} needs data")
     if breakage is Breakage.ATTACHMENT_HASH_MISMATCH and not attachments:
@@ -278,8 +292,11 @@ def prepare_submission(
             data_schema_uri=data_schema_uri if data is not None else None,
             data_mime_type=data_mime if data is not None else None,
             attachments=specs,
+            reply_channel=reply_channel,
             omit_schema=quirks.omit_metadata_schema,
         )
+        if reference_info is not None:
+            metadata["additionalReferenceInfo"] = dict(reference_info)
         _break_metadata(metadata, breakage, service_identifier)
 
         metadata_bytes = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
@@ -349,7 +366,7 @@ def _break_metadata(metadata: dict[str, Any], breakage: Breakage | None, service
 
 
 class Sender:
-    """Submit applications to a FIT-Connect Submission API (v1 paths)."""
+    """Submit applications to a FIT-Connect Submission API (v1 paths), over the shared client."""
 
     def __init__(
         self,
@@ -362,16 +379,17 @@ class Sender:
         trust_anchors: Sequence[x509.Certificate] = (),
         allow_self_signed: bool = True,  # a test sender talks to TEST systems and the sandbox
     ) -> None:
-        self._base = submission_api_url.rstrip("/")
-        self._token_url = token_url
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._session = session
-        self._owns_session = session is None
+        self.api = FitConnectClient.with_credentials(
+            base_url=submission_api_url,
+            prefix="/v1",
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            user_agent=USER_AGENT,
+            session=session,
+        )
         self._trust_anchors = tuple(trust_anchors)
         self._allow_self_signed = allow_self_signed
-        self._token: str | None = None
-        self._token_expires = 0.0
 
     async def __aenter__(self) -> Sender:
         return self
@@ -382,75 +400,16 @@ class Sender:
         await self.close()
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # No total limit (large uploads take what they take), but a stalled connection or a silent
-            # server fails within a minute instead of aiohttp's default five.
-            timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=60)
-            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}, timeout=timeout)
-        return self._session
-
-    async def _access_token(self) -> str:
-        if self._token is not None and time.monotonic() < self._token_expires:
-            return self._token
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._client_secret,
-        }
-        async with self._http().post(self._token_url, data=form, headers={"User-Agent": USER_AGENT}) as resp:
-            body = await resp.text()
-            if resp.status != 200:
-                raise SenderError("token", _short(body), status=resp.status)
-        try:
-            parsed = json.loads(body)
-            token = parsed["access_token"]
-            lifetime = float(parsed.get("expires_in", 300))
-        except (ValueError, KeyError, TypeError):
-            raise SenderError("token", "token response is not the expected JSON") from None
-        if not isinstance(token, str) or not token:
-            raise SenderError("token", "token response has no access_token")
-        self._token = token
-        self._token_expires = time.monotonic() + max(0.0, lifetime - _TOKEN_RENEW_MARGIN)
-        return token
-
-    async def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {await self._access_token()}", "User-Agent": USER_AGENT}
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        return headers
-
-    async def _get_json(self, step: str, path: str, *, auth: bool = True) -> dict[str, Any]:
-        headers = await self._headers() if auth else {"User-Agent": USER_AGENT}
-        async with self._http().get(self._base + path, headers=headers) as resp:
-            body = await resp.text()
-            if resp.status != 200:
-                raise SenderError(step, _short(body), status=resp.status)
-        try:
-            value = json.loads(body)
-        except ValueError:
-            raise SenderError(step, "response is not JSON") from None
-        if not isinstance(value, dict):
-            raise SenderError(step, "response is not a JSON object")
-        return value
-
-    async def _expect(self, step: str, resp: aiohttp.ClientResponse, statuses: tuple[int, ...]) -> str:
-        body = await resp.text()
-        if resp.status not in statuses:
-            raise SenderError(step, _short(body), status=resp.status)
-        return body
+        await self.api.close()
 
     async def destination_key(self, destination_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The destination and its validated encryption JWK."""
-        destination = await self._get_json("destination", f"/v1/destinations/{destination_id}")
-        kid = destination.get("encryptionKid")
-        if not isinstance(kid, str) or not kid:
-            raise SenderError("destination", "destination has no encryptionKid")
-        jwk = await self._get_json("key", f"/v1/destinations/{destination_id}/keys/{kid}")
+        with sender_errors():
+            destination = await self.api.get_json(f"/destinations/{destination_id}", what="destination")
+            kid = destination.get("encryptionKid")
+            if not isinstance(kid, str) or not kid:
+                raise SenderError("destination", "destination has no encryptionKid")
+            jwk = await self.api.get_json(f"/destinations/{destination_id}/keys/{kid}", what="key")
         validate_public_jwk(
             jwk,
             purpose="encryption",
@@ -473,7 +432,11 @@ class Sender:
         quirks: SenderQuirks = SenderQuirks(),
         breakage: Breakage | None = None,
         callback: tuple[str, str] | None = None,
+        reply_channel: dict[str, Any] | None = None,
+        reference_info: dict[str, Any] | None = None,
     ) -> SentSubmission:
+        """Submit one application; ``reply_channel`` and ``reference_info`` go into the metadata as
+        ``replyChannel`` and ``additionalReferenceInfo`` (e.g. from :class:`~.replies.OnlineService`)."""
         destination, jwk = await self.destination_key(destination_id)
         versions = destination.get("metadataVersions")
         if (
@@ -495,9 +458,14 @@ class Sender:
             metadata_version=metadata_version,
             quirks=quirks,
             breakage=breakage,
+            reply_channel=reply_channel,
+            reference_info=reference_info,
         )
         try:
-            return await self._upload(destination_id, service_identifier, service_name, prepared, breakage, callback)
+            with sender_errors():
+                return await self._upload(
+                    destination_id, service_identifier, service_name, prepared, breakage, callback
+                )
         finally:
             prepared.cleanup()
 
@@ -510,7 +478,6 @@ class Sender:
         breakage: Breakage | None,
         callback: tuple[str, str] | None,
     ) -> SentSubmission:
-        http = self._http()
         create: dict[str, Any] = {
             "destinationId": destination_id,
             "announcedAttachments": prepared.announced_attachments,
@@ -518,10 +485,7 @@ class Sender:
         }
         if callback is not None:
             create["callback"] = {"url": callback[0], "secret": callback[1]}
-        async with http.post(
-            f"{self._base}/v1/submissions", json=create, headers=await self._headers("application/json")
-        ) as resp:
-            body = await self._expect("create-submission", resp, (201,))
+        body = await self.api.expect("POST", "/submissions", (201,), what="create-submission", json_body=create)
         try:
             created = json.loads(body)
             submission_id, case_id = str(created["submissionId"]), str(created["caseId"])
@@ -530,25 +494,27 @@ class Sender:
         log.info("fitconnect_sender_created", submission_id=submission_id, case_id=case_id)
 
         for att in prepared.attachments:
-            url = f"{self._base}/v1/submissions/{submission_id}/attachments/{att.attachment_id}"
-            headers = await self._headers(JOSE_CONTENT_TYPE)
-            if att.jwe_path is not None:
-                with att.jwe_path.open("rb") as fh:
-                    async with http.put(url, data=fh, headers=headers) as resp:
-                        await self._expect("upload-attachment", resp, (204,))
-            else:
-                assert att.jwe is not None
-                # A file-like body: aiohttp streams it (raw bytes over 1 MiB would block the loop).
-                async with http.put(url, data=io.BytesIO(att.jwe.encode("ascii")), headers=headers) as resp:
-                    await self._expect("upload-attachment", resp, (204,))
+            await self.api.expect(
+                "PUT",
+                f"/submissions/{submission_id}/attachments/{att.attachment_id}",
+                (204,),
+                what="upload-attachment",
+                body=att.jwe_path if att.jwe_path is not None else (att.jwe or "").encode("ascii"),
+                content_type=JOSE_CONTENT_TYPE,
+                bounded=False,
+            )
 
         submit: dict[str, Any] = {"encryptedMetadata": prepared.encrypted_metadata}
         if prepared.encrypted_data is not None:
             submit["encryptedData"] = prepared.encrypted_data
-        async with http.put(
-            f"{self._base}/v1/submissions/{submission_id}", json=submit, headers=await self._headers("application/json")
-        ) as resp:
-            await self._expect("submit-submission", resp, (202, 200))
+        await self.api.expect(
+            "PUT",
+            f"/submissions/{submission_id}",
+            (202, 200),
+            what="submit-submission",
+            json_body=submit,
+            bounded=False,
+        )
         log.info("fitconnect_sender_submitted", submission_id=submission_id, mode=str(breakage or "none"))
 
         if breakage in SANDBOX_TAMPER_MODES:
@@ -571,11 +537,13 @@ class Sender:
         body: dict[str, Any] = {"submissionId": submission_id, "mode": SANDBOX_TAMPER_MODES[breakage]}
         if breakage is Breakage.AUTH_TAG_MISMATCH:
             body["part"] = "data" if prepared is None or prepared.encrypted_data is not None else "metadata"
-        async with self._http().post(
-            f"{self._base}/_sandbox/cases/{case_id}/tamper", json=body, headers={"User-Agent": USER_AGENT}
-        ) as resp:
-            await self._expect("sandbox-tamper", resp, (204,))
-
-
-def _short(body: str, limit: int = 500) -> str:
-    return body[:limit]
+        with sender_errors():
+            await self.api.expect(
+                "POST",
+                f"/_sandbox/cases/{case_id}/tamper",
+                (204,),
+                what="sandbox-tamper",
+                json_body=body,
+                auth=False,
+                versioned=False,
+            )

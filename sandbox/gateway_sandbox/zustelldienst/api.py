@@ -7,6 +7,7 @@ Versioned handlers are registered once per enabled profile (``/v1/...``, ``/v2/.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -52,18 +53,20 @@ versioned = web.RouteTableDef()  # paths without the /v1 or /v2 prefix
 V2_ONLY = {"/submissions/{submissionId}/events"}
 
 
-def add_api_routes(app: web.Application, versions: tuple[str, ...]) -> None:
+def add_api_routes(app: web.Application, versions: tuple[str, ...], extra: Sequence[web.RouteTableDef] = ()) -> None:
+    """The token endpoint, the JWKS and, once per enabled API generation, the versioned routes of this
+    module and of ``extra`` tables (the reply endpoints)."""
     app.add_routes(routes)
     for name in versions:
         profile = PROFILES[name]
-        for route in versioned:
+        for route in [r for table in (versioned, *extra) for r in table]:
             assert isinstance(route, web.RouteDef)
             if route.path in V2_ONLY and profile is V1:
                 continue
             app.router.add_route(route.method, profile.prefix + route.path, route.handler, **route.kwargs)
 
 
-def _profile(request: web.Request) -> Profile:
+def request_profile(request: web.Request) -> Profile:
     """The request's API generation; v2 refuses requests without User-Agent like the real bot filter."""
     path = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
     profile = PROFILES["v2"] if path.startswith("/v2/") else V1
@@ -72,13 +75,13 @@ def _profile(request: web.Request) -> Profile:
     return profile
 
 
-def _sandbox(request: web.Request) -> Sandbox:
+def sandbox_of(request: web.Request) -> Sandbox:
     return request.app[SANDBOX]
 
 
-def _grant(request: web.Request) -> Grant:
+def request_grant(request: web.Request) -> Grant:
     try:
-        return _sandbox(request).tokens.grant(request.headers.get("Authorization"))
+        return sandbox_of(request).tokens.grant(request.headers.get("Authorization"))
     except InvalidToken as exc:
         raise ProblemError(
             401,
@@ -88,11 +91,11 @@ def _grant(request: web.Request) -> Grant:
         ) from None
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
 
-def _page(request: web.Request) -> tuple[int, int]:
+def page_params(request: web.Request) -> tuple[int, int]:
     return query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT), query_int(request, "offset", 0, 0)
 
 
@@ -111,7 +114,7 @@ def _oauth_error(exc: OAuthError) -> web.Response:
 
 @routes.post("/token")
 async def token(request: web.Request) -> web.Response:
-    sandbox = _sandbox(request)
+    sandbox = sandbox_of(request)
     try:
         if request.content_type != "application/x-www-form-urlencoded":
             raise OAuthError(400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded")
@@ -149,13 +152,13 @@ async def token(request: web.Request) -> web.Response:
 
 @versioned.get("/info")
 async def info(request: web.Request) -> web.Response:
-    _profile(request)
-    return _json({"version": API_VERSION})
+    request_profile(request)
+    return json_response({"version": API_VERSION})
 
 
 @routes.get("/.well-known/jwks.json")
 async def jwks(request: web.Request) -> web.Response:
-    return _json(_sandbox(request).zsd.jwks())
+    return json_response(sandbox_of(request).zsd.jwks())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,16 +167,16 @@ async def jwks(request: web.Request) -> web.Response:
 
 @versioned.get("/destinations")
 async def list_destinations(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     mine = sorted(grant.subscribed | grant.managed)
     if not mine:
         raise ProblemError(403, "forbidden", "token has no subscribe or manage scope")
-    limit, offset = _page(request)
+    limit, offset = page_params(request)
     known = [sandbox.state.destinations[d] for d in mine if d in sandbox.state.destinations]
     page = known[offset : offset + limit]
-    return _json(
+    return json_response(
         {
             "count": len(page),
             "offset": offset,
@@ -186,22 +189,22 @@ async def list_destinations(request: web.Request) -> web.Response:
 
 @versioned.get("/destinations/{destinationId}")
 async def get_destination(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
     destination_id = path_uuid(request, "destinationId", status=404)
-    dest = _sandbox(request).destination(destination_id)
+    dest = sandbox_of(request).destination(destination_id)
     if grant.can_subscribe(dest.id) or grant.can_manage(dest.id):
-        return _json(private_destination(dest, profile.services_field), headers=NO_CACHE)
+        return json_response(private_destination(dest, profile.services_field), headers=NO_CACHE)
     if grant.can_send_to(dest):
-        return _json(public_destination(dest, profile.services_field), headers=NO_CACHE)
+        return json_response(public_destination(dest, profile.services_field), headers=NO_CACHE)
     raise ProblemError(403, "forbidden", "no scope of the token covers this destination")
 
 
 @versioned.patch("/destinations/{destinationId}")
 async def patch_destination(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     destination_id = path_uuid(request, "destinationId")
     sandbox.destination(destination_id)
     if not grant.can_manage(destination_id):
@@ -226,14 +229,14 @@ async def patch_destination(request: web.Request) -> web.Response:
     if "metadataVersions" in body:
         changes["metadata_versions"] = metadata_versions(body["metadataVersions"])
     dest = sandbox.update_destination(destination_id, **changes)
-    return _json(private_destination(dest, profile.services_field), headers=NO_CACHE)
+    return json_response(private_destination(dest, profile.services_field), headers=NO_CACHE)
 
 
 @versioned.post("/destinations/{destinationId}/keys")
 async def add_destination_key(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     destination_id = path_uuid(request, "destinationId")
     sandbox.destination(destination_id)
     if not grant.can_manage(destination_id):
@@ -247,10 +250,10 @@ async def add_destination_key(request: web.Request) -> web.Response:
 @versioned.get("/destinations/{destinationId}/keys/{keyId}")
 async def get_destination_key(request: web.Request) -> web.Response:
     # Public: the OpenAPI lists no security for this endpoint.
-    _profile(request)
+    request_profile(request)
     destination_id = path_uuid(request, "destinationId", status=404)
-    jwk = _sandbox(request).find_key(destination_id, request.match_info["keyId"])
-    return _json(jwk, headers=NO_CACHE)
+    jwk = sandbox_of(request).find_key(destination_id, request.match_info["keyId"])
+    return json_response(jwk, headers=NO_CACHE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,9 +262,9 @@ async def get_destination_key(request: web.Request) -> web.Response:
 
 @versioned.post("/submissions")
 async def create_submission(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     # The OpenAPI lists no 415 here: a wrong Content-Type is a Bad Request.
     body = await read_json_object(request, sandbox.config.limits.max_json_bytes, content_type_status=400)
     destination_id = uuid_field(body, "destinationId")
@@ -292,20 +295,42 @@ async def create_submission(request: web.Request) -> web.Response:
         callback=callback,
     )
     if profile is V1:
-        return _json({"destinationId": sub.destination_id, "submissionId": sub.id, "caseId": sub.case_id}, status=201)
-    return _json({"submissionId": sub.id, "caseId": sub.case_id}, status=201)
+        return json_response(
+            {"destinationId": sub.destination_id, "submissionId": sub.id, "caseId": sub.case_id}, status=201
+        )
+    return json_response({"submissionId": sub.id, "caseId": sub.case_id}, status=201)
 
 
 @versioned.put("/submissions/{submissionId}/attachments/{attachmentId}")
 async def put_attachment(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     submission_id = path_uuid(request, "submissionId")
     attachment_id = path_uuid(request, "attachmentId")
     sub = sandbox.own_submission(grant, submission_id)
     require_content_type(request, JOSE)
     sandbox.check_attachment_upload(grant, submission_id, attachment_id)
+    tag = await upload_jwe(
+        request,
+        profile,
+        sub.id,
+        attachment_id,
+        lambda: sandbox.check_attachment_upload(grant, submission_id, attachment_id),
+    )
+    sandbox.record_attachment(sub, attachment_id, tag)
+    return web.Response(status=204)
+
+
+async def upload_jwe(
+    request: web.Request, profile: Profile, store_id: str, attachment_id: str, recheck: Callable[[], object]
+) -> str:
+    """Stream an uploaded attachment JWE (of a submission or reply) to the blob store; returns its tag.
+
+    ``recheck`` repeats the upload's preconditions after streaming: the submission or reply may have
+    been submitted or deleted while the body came in.
+    """
+    sandbox = sandbox_of(request)
     limit = sandbox.config.limits.max_attachment_bytes
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
@@ -314,20 +339,18 @@ async def put_attachment(request: web.Request) -> web.Response:
     )
     try:
         _, tag = await sandbox.blobs.write_stream(
-            sub.id, f"attachment:{attachment_id}", request.content.iter_chunked(READ_CHUNK), scanner, limit
+            store_id, f"attachment:{attachment_id}", request.content.iter_chunked(READ_CHUNK), scanner, limit
         )
     except PayloadTooLarge:
         raise too_large(limit) from None
     except JWEShapeError as exc:
         raise _jwe_problem(exc, "attachment") from None
     except FileNotFoundError:
-        # The submission's directory vanished mid-upload (deleted by a timer): answer for its new state.
-        sandbox.check_attachment_upload(grant, submission_id, attachment_id)
+        # The directory vanished mid-upload (deleted by a timer): answer for the new state.
+        recheck()
         raise
-    # Re-check: the submission may have been submitted or deleted while the body streamed in.
-    sandbox.check_attachment_upload(grant, submission_id, attachment_id)
-    sandbox.record_attachment(sub, attachment_id, tag)
-    return web.Response(status=204)
+    recheck()
+    return tag
 
 
 def _header_rules(profile: Profile, *, needs_cty: bool) -> tuple[str, ...]:
@@ -344,11 +367,22 @@ def _jwe_problem(exc: JWEShapeError, what: str) -> ProblemError:
 
 @versioned.put("/submissions/{submissionId}")
 async def submit_submission(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     submission_id = path_uuid(request, "submissionId")
     sandbox.own_submission(grant, submission_id)
+    metadata, data, tags = await read_encrypted_parts(request, profile)
+    sub = sandbox.submit(grant, submission_id, metadata=metadata, data=data, tags=tags)
+    return json_response(sub.reduced(profile.service_field), status=profile.submit_status)
+
+
+async def read_encrypted_parts(
+    request: web.Request, profile: Profile
+) -> tuple[str, str | None, tuple[str, str | None]]:
+    """``{encryptedMetadata, encryptedData?}`` of a submit (submission or reply), each JWE shape-checked;
+    returns both and their authentication tags."""
+    sandbox = sandbox_of(request)
     body = await read_json_object(request, sandbox.config.limits.max_submit_bytes)
     metadata = string_field(body, "encryptedMetadata", min_len=1)
     data = string_field(body, "encryptedData", required=False, min_len=1)
@@ -365,8 +399,7 @@ async def submit_submission(request: web.Request) -> web.Response:
             data_tag = check_compact_jwe(data, check_profile=check_profile, header_rules=rules)
         except JWEShapeError as exc:
             raise _jwe_problem(exc, "encryptedData") from None
-    sub = sandbox.submit(grant, submission_id, metadata=metadata, data=data, tags=(metadata_tag, data_tag))
-    return _json(sub.reduced(profile.service_field), status=profile.submit_status)
+    return metadata, data, (metadata_tag, data_tag)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,29 +408,29 @@ async def submit_submission(request: web.Request) -> web.Response:
 
 @versioned.get("/submissions")
 async def list_submissions(request: web.Request) -> web.Response:
-    _profile(request)
-    grant = _grant(request)
+    request_profile(request)
+    grant = request_grant(request)
     destination_id = None
     if "destinationId" in request.query:
         destination_id = uuid_field(request.query, "destinationId")
-    limit, offset = _page(request)
-    return _json(_sandbox(request).pickup(grant, destination_id, limit, offset))
+    limit, offset = page_params(request)
+    return json_response(sandbox_of(request).pickup(grant, destination_id, limit, offset))
 
 
 @versioned.get("/submissions/{submissionId}")
 async def get_submission(request: web.Request) -> web.Response:
-    profile = _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    profile = request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     sub = sandbox.readable_submission(grant, path_uuid(request, "submissionId"))
-    return _json(sandbox.submission_view(sub, profile.service_field))
+    return json_response(sandbox.submission_view(sub, profile.service_field))
 
 
 @versioned.get("/submissions/{submissionId}/attachments/{attachmentId}")
 async def get_attachment(request: web.Request) -> web.StreamResponse:
-    _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     sub = sandbox.readable_submission(grant, path_uuid(request, "submissionId"))
     attachment_id = path_uuid(request, "attachmentId")
     part = f"attachment:{attachment_id}"
@@ -413,29 +446,29 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
 
 @versioned.get("/cases/{caseId}/events")
 async def get_events(request: web.Request) -> web.Response:
-    _profile(request)
-    grant = _grant(request)
+    request_profile(request)
+    grant = request_grant(request)
     case_id = path_uuid(request, "caseId", status=404)
-    limit, offset = _page(request)
-    return _json(_sandbox(request).event_log(grant, case_id, limit, offset))
+    limit, offset = page_params(request)
+    return json_response(sandbox_of(request).event_log(grant, case_id, limit, offset))
 
 
 @versioned.get("/submissions/{submissionId}/events")
 async def get_submission_events(request: web.Request) -> web.Response:
     """v2: the events about one submission (same access rules as the case's log)."""
-    _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     sub = sandbox.submission(path_uuid(request, "submissionId"))
-    limit, offset = _page(request)
-    return _json(sandbox.event_log(grant, sub.case_id, limit, offset, submission_id=sub.id))
+    limit, offset = page_params(request)
+    return json_response(sandbox.event_log(grant, sub.case_id, limit, offset, submission_id=sub.id))
 
 
 @versioned.post("/cases/{caseId}/events")
 async def post_event(request: web.Request) -> web.Response:
-    _profile(request)
-    grant = _grant(request)
-    sandbox = _sandbox(request)
+    request_profile(request)
+    grant = request_grant(request)
+    sandbox = sandbox_of(request)
     case_id = path_uuid(request, "caseId")
     # The OpenAPI lists no 415 here: a wrong Content-Type is a Bad Request.
     require_content_type(request, JOSE, status=400)

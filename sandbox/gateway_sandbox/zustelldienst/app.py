@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from gateway_sandbox.zustelldienst import api, inspection
+from gateway_sandbox.zustelldienst import api, inspection, reply_api, reply_inspection
 from gateway_sandbox.zustelldienst.appkeys import SANDBOX
 from gateway_sandbox.zustelldienst.config import SandboxConfig
 from gateway_sandbox.zustelldienst.problems import ProblemError
@@ -83,8 +83,9 @@ def create_sandbox_app(config: SandboxConfig, *, zsd_key: ZsdSigningKey | None =
         client_max_size=max(config.limits.max_submit_bytes, config.limits.max_json_bytes),
     )
     app[SANDBOX] = sandbox
-    api.add_api_routes(app, config.api_versions)
+    api.add_api_routes(app, config.api_versions, extra=(reply_api.versioned,))
     if config.inspection_api:
         app.add_routes(inspection.routes)
+        app.add_routes(reply_inspection.routes)
     app.cleanup_ctx.append(_background)
     return app

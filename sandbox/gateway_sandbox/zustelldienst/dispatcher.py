@@ -17,12 +17,13 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 import structlog
 
+from gateway.fitconnect import replies as reply_profile
 from gateway.fitconnect.callbacks import HEADER_AUTHENTICATION, HEADER_TIMESTAMP, sign_callback
 from gateway_sandbox.zustelldienst.clock import SandboxClock
 from gateway_sandbox.zustelldienst.config import CallbackPolicy
@@ -30,6 +31,7 @@ from gateway_sandbox.zustelldienst.state import (
     MAX_DELIVERY_LOG,
     DeliveryAttempt,
     DeliveryRecord,
+    ReplyRecord,
     SandboxState,
     SubmissionRecord,
 )
@@ -48,6 +50,11 @@ def callback_body(callback_type: str, submissions: list[SubmissionRecord]) -> st
         "submissions": [s.for_pickup() for s in submissions],
     }
     return json.dumps(body, separators=(",", ":"))
+
+
+def reply_callback_body(callback_type: str, replies: Sequence[ReplyRecord]) -> str:
+    """A callback about replies (new-replies, reply events): shape from the reply profile."""
+    return json.dumps(reply_profile.callback_body(callback_type, [r.item() for r in replies]), separators=(",", ":"))
 
 
 class CallbackDispatcher:
@@ -70,16 +77,29 @@ class CallbackDispatcher:
                 self._due[record.id] = 0.0
 
     def enqueue(
-        self, *, target: str, url: str, secret: str, callback_type: str, submissions: list[SubmissionRecord]
+        self,
+        *,
+        target: str,
+        url: str,
+        secret: str,
+        callback_type: str,
+        submissions: Sequence[SubmissionRecord] = (),
+        replies: Sequence[ReplyRecord] = (),
     ) -> DeliveryRecord:
+        """One callback about ``submissions`` or (reply profile) about ``replies``."""
         record = DeliveryRecord(
             id=str(uuid.uuid4()),
             target=target,  # type: ignore[arg-type]
             url=url,
             secret=secret,
             type=callback_type,
-            body=callback_body(callback_type, submissions),
+            body=(
+                reply_callback_body(callback_type, replies)
+                if replies
+                else callback_body(callback_type, list(submissions))
+            ),
             submission_ids=[s.id for s in submissions],
+            reply_ids=[r.id for r in replies],
             created_at=self.clock.wall(),
         )
         record.faults = self.state.faults.active()

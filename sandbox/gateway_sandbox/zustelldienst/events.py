@@ -39,6 +39,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from gateway.fitconnect.jose import b64url_decode, b64url_encode
 from gateway.fitconnect.keys import KeyValidationError, load_public_jwk
 from gateway.fitconnect.sets import (
     ACCEPT_SUBMISSION,
@@ -191,3 +192,10 @@ def check_subscriber_set(
             "authentication-tags-mismatch", "authenticationTags differ from those recorded in submit-submission"
         )
     return parsed, submission
+
+
+def altered_tag(tag: str) -> str:
+    """The same length, another valid base64url value (first byte flipped)."""
+    raw = bytearray(b64url_decode(tag))
+    raw[0] ^= 0x80
+    return b64url_encode(bytes(raw))

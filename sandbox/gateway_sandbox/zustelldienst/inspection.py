@@ -294,6 +294,7 @@ async def decoded_events(request: web.Request) -> web.Response:
                 "claims": jws.payload,
                 "event": e.event,
                 "submissionId": e.submission_id,
+                "replyId": e.reply_id,
                 "issuer": e.issuer,
                 "recordedAt": e.recorded_at,
                 "token": e.token,

@@ -40,6 +40,12 @@ TITLES: dict[str, str] = {
     "invalid-jwe": "Invalid JWE",
     "invalid-security-event-token": "Invalid Security Event Token",
     "invalid-state-transition": "Invalid state transition",
+    # reply profile (gateway/fitconnect/replies.py)
+    "reply-not-found": "Reply not found",
+    "reply-already-exists": "Reply exists already",
+    "reply-state-invalid": "Reply state invalid",
+    "reply-channel-not-offered": "Reply channel not offered by the destination",
+    "invalid-decision": "Invalid decision on a reply",
     "internal-error": "Internal Server Error",
 }
 

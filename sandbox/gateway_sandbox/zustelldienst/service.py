@@ -14,7 +14,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from gateway.fitconnect.callbacks import CALLBACK_NEW_EVENTS, CALLBACK_NEW_SUBMISSIONS
-from gateway.fitconnect.jose import b64url_decode, b64url_encode, parse_jws, sign_jws
+from gateway.fitconnect.jose import parse_jws, sign_jws
 from gateway.fitconnect.keys import KeyValidationError, validate_public_jwk
 from gateway.fitconnect.sets import (
     ACCEPT_SUBMISSION,
@@ -30,10 +30,12 @@ from gateway_sandbox.zustelldienst.dispatcher import CallbackDispatcher
 from gateway_sandbox.zustelldienst.events import (
     AUTO_REJECT_PROBLEM,
     SETRejected,
+    altered_tag,
     check_subscriber_set,
     issue_zsd_set,
 )
 from gateway_sandbox.zustelldienst.problems import ProblemError
+from gateway_sandbox.zustelldienst.replies import ReplyDesk
 from gateway_sandbox.zustelldienst.scopes import Grant
 from gateway_sandbox.zustelldienst.state import (
     READABLE_STATUSES,
@@ -43,6 +45,7 @@ from gateway_sandbox.zustelldienst.state import (
     SubmissionRecord,
 )
 from gateway_sandbox.zustelldienst.tokens import TokenService
+from gateway_sandbox.zustelldienst.uploads import check_upload, record_upload, store_submit
 from gateway_sandbox.zustelldienst.zsd_key import ZsdSigningKey, generate_private_key, load_or_create
 
 log = structlog.get_logger(__name__)
@@ -95,6 +98,7 @@ class Sandbox:
         self.tokens = TokenService(self.state, self.clock, self.zsd, config.token_lifetime)
         self.dispatcher = CallbackDispatcher(self.state, self.clock, config.callbacks, self.save)
         self._rogue_key: RSAPrivateKey | None = None
+        self.replies = ReplyDesk(self)
         self.save()
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -252,42 +256,21 @@ class Sandbox:
 
     def check_attachment_upload(self, grant: Grant, submission_id: str, attachment_id: str) -> SubmissionRecord:
         sub = self.own_submission(grant, submission_id)
-        if attachment_id not in sub.announced:
-            raise ProblemError(422, "attachment-not-announced", f"attachment {attachment_id} was not announced")
-        if sub.status != "incomplete":
-            raise ProblemError(422, "submission-state-invalid", f"submission is {sub.status}; attachments are closed")
+        check_upload(sub, attachment_id, state_problem="submission-state-invalid", what="submission")
         return sub
 
     def record_attachment(self, sub: SubmissionRecord, attachment_id: str, tag: str) -> None:
-        if attachment_id not in sub.uploaded:
-            sub.uploaded.append(attachment_id)
-        if sub.tags is None:
-            sub.tags = {"attachments": {}}
-        sub.tags.setdefault("attachments", {})[attachment_id] = tag
+        record_upload(sub, attachment_id, tag)
         self.save()
 
     def submit(
         self, grant: Grant, submission_id: str, *, metadata: str, data: str | None, tags: tuple[str, str | None]
     ) -> SubmissionRecord:
         sub = self.own_submission(grant, submission_id)
-        if sub.status != "incomplete":
-            raise ProblemError(422, "submission-state-invalid", f"submission is already {sub.status}")
-        missing = [a for a in sub.announced if a not in sub.uploaded]
-        if missing:
-            raise ProblemError(
-                422, "missing-attachments", f"announced attachments not uploaded: {', '.join(missing)}", missing=missing
-            )
-        self.blobs.write_text(sub.id, "metadata", metadata)
-        if data is not None:
-            self.blobs.write_text(sub.id, "data", data)
-        attachment_tags = dict((sub.tags or {}).get("attachments", {}))
-        recorded: dict[str, Any] = {"metadata": tags[0]}
-        if data is not None:
-            recorded["data"] = tags[1]
-        recorded["attachments"] = {a: attachment_tags[a] for a in sub.announced}
-        sub.tags = recorded
-        sub.has_data = data is not None
-        sub.status = "submitted"
+        recorded = store_submit(
+            sub, self.blobs, metadata=metadata, data=data, tags=tags, state_problem="submission-state-invalid",
+            what="submission",
+        )  # fmt: skip
         sub.submitted_at = self.clock.now()
         self.issue_event(sub, SUBMIT_SUBMISSION, {"authenticationTags": recorded})
         self._notify_destination(sub, CALLBACK_NEW_SUBMISSIONS)
@@ -404,6 +387,7 @@ class Sandbox:
                 self._notify_destination(sub, CALLBACK_NEW_EVENTS)
                 changed += 1
                 log.info("submission_rejected_automatically", submission_id=sub.id)
+        changed += self.replies.sweep()
         if changed:
             self.save()
         return changed
@@ -502,23 +486,23 @@ class Sandbox:
             original.token = sign_jws(claims, self._rogue(), kid=self.zsd.kid)
         elif mode == "auth-tag-mismatch":
             tags = payload.get("authenticationTags") or {}
-            path = self._tag_path(tags, part)
+            path = self.tag_path(tags, part)
             container, name = path
-            container[name] = _altered_tag(container[name])
+            container[name] = altered_tag(container[name])
             original.token = sign_jws(claims, self.zsd.key, kid=self.zsd.kid)
         else:  # corrupt-ciphertext: the stored JWE no longer decrypts (GCM tag check fails)
             if sub.status not in READABLE_STATUSES:
                 raise ProblemError(422, "submission-state-invalid", f"submission is {sub.status}; content is gone")
             blob_part = part or "metadata"
-            self._tag_path(payload.get("authenticationTags") or {}, blob_part)
+            self.tag_path(payload.get("authenticationTags") or {}, blob_part)
             if blob_part == "data" and not sub.has_data:
                 raise ProblemError(422, "invalid-request", "submission has no data")
-            self._corrupt_blob(sub, blob_part)
+            self.corrupt_blob(sub.id, blob_part)
         self.save()
         log.info("event_log_tampered", case_id=case.id, submission_id=sub.id, mode=mode)
 
     @staticmethod
-    def _tag_path(tags: dict[str, Any], part: str | None) -> tuple[dict[str, Any], str]:
+    def tag_path(tags: dict[str, Any], part: str | None) -> tuple[dict[str, Any], str]:
         if part in ("metadata", "data"):
             if part not in tags:
                 raise ProblemError(422, "invalid-request", f"the submission has no {part} tag")
@@ -531,9 +515,10 @@ class Sandbox:
             return attachments, attachment_id
         raise ProblemError(400, "invalid-request", 'part must be "metadata", "data" or "attachment:<id>"')
 
-    def _corrupt_blob(self, sub: SubmissionRecord, part: str) -> None:
-        """Change the first ciphertext character in place (no full read: attachments may be huge)."""
-        path = self.blobs.part_path(sub.id, part)
+    def corrupt_blob(self, store_id: str, part: str) -> None:
+        """Change the first ciphertext character of a stored JWE (of a submission or reply) in place
+        (no full read: attachments may be huge)."""
+        path = self.blobs.part_path(store_id, part)
         with path.open("r+b") as fh:
             head = fh.read(128 * 1024)  # the three small segments before the ciphertext fit in here
             offset = -1
@@ -544,10 +529,3 @@ class Sandbox:
             old = head[offset + 1 : offset + 2]
             fh.seek(offset + 1)
             fh.write(b"B" if old == b"A" else b"A")
-
-
-def _altered_tag(tag: str) -> str:
-    """The same length, another valid base64url value (first byte flipped)."""
-    raw = bytearray(b64url_decode(tag))
-    raw[0] ^= 0x80
-    return b64url_encode(bytes(raw))

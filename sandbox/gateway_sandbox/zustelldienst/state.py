@@ -68,14 +68,49 @@ class SubmissionRecord:
         return {"destinationId": self.destination_id, "submissionId": self.id, "caseId": self.case_id}
 
 
+ReplyStatus = Literal["incomplete", "submitted", "accepted", "rejected"]
+
+
+@dataclass
+class ReplyRecord:
+    """A reply of the destination to the online service (shapes: :mod:`gateway.fitconnect.replies`)."""
+
+    id: str
+    case_id: str
+    destination_id: str
+    client_id: str  # the destination's client that created it: only it may upload and submit
+    announced: list[str]
+    created_at: float  # sandbox clock
+    status: ReplyStatus = "incomplete"
+    uploaded: list[str] = field(default_factory=list)
+    submitted_at: float | None = None
+    closed_at: float | None = None
+    has_data: bool = False
+    tags: dict[str, Any] | None = None  # authenticationTags as recorded in submit-reply
+
+    def reduced(self) -> dict[str, Any]:
+        """ReplyReduced, plus the status (see the profile's ``reply-view`` assumption)."""
+        return {
+            "replyId": self.id,
+            "caseId": self.case_id,
+            "destinationId": self.destination_id,
+            "attachments": [a for a in self.announced if a in self.uploaded],
+            "status": self.status,
+        }
+
+    def item(self) -> dict[str, str]:
+        return {"replyId": self.id, "caseId": self.case_id, "destinationId": self.destination_id}
+
+
 @dataclass
 class EventRecord:
     token: str
-    submission_id: str
+    submission_id: str | None  # None for an event about a reply
     event: str
     jti: str
     issuer: str
     recorded_at: float  # sandbox clock
+    reply_id: str | None = None
 
 
 @dataclass
@@ -103,6 +138,7 @@ class DeliveryRecord:
     type: str = ""
     body: str = ""
     submission_ids: list[str] = field(default_factory=list)
+    reply_ids: list[str] = field(default_factory=list)
     created_at: float = 0.0  # wall clock
     state: Literal["pending", "delivered", "failed"] = "pending"
     attempts: list[DeliveryAttempt] = field(default_factory=list)
@@ -116,6 +152,7 @@ class DeliveryRecord:
             "url": self.url,
             "type": self.type,
             "submissionIds": list(self.submission_ids),
+            "replyIds": list(self.reply_ids),
             "body": json.loads(self.body) if self.body else None,
             "createdAt": self.created_at,
             "state": self.state,
@@ -192,6 +229,9 @@ class SandboxState:
     clients: dict[str, ClientConfig] = field(default_factory=dict)
     submissions: dict[str, SubmissionRecord] = field(default_factory=dict)
     cases: dict[str, CaseRecord] = field(default_factory=dict)
+    replies: dict[str, ReplyRecord] = field(default_factory=dict)
+    # replyId -> what the online service reported it received (decrypted; sandbox inspection only)
+    received: dict[str, dict[str, Any]] = field(default_factory=dict)
     jtis: set[str] = field(default_factory=set)
     deliveries: list[DeliveryRecord] = field(default_factory=list)
     faults: CallbackFaults = field(default_factory=CallbackFaults)
@@ -226,6 +266,8 @@ class SandboxState:
             "clients": [client_to_dict(c) for c in self.clients.values()],
             "submissions": [dataclasses.asdict(s) for s in self.submissions.values()],
             "cases": [dataclasses.asdict(c) for c in self.cases.values()],
+            "replies": [dataclasses.asdict(r) for r in self.replies.values()],
+            "received": self.received,
             "jtis": sorted(self.jtis),
             "deliveries": [dataclasses.asdict(d) for d in self.deliveries],
             "faults": dataclasses.asdict(self.faults),
@@ -248,6 +290,8 @@ class SandboxState:
             )
             for c in raw["cases"]
         }
+        state.replies = {r["id"]: ReplyRecord(**r) for r in raw.get("replies", [])}  # absent before replies
+        state.received = dict(raw.get("received", {}))
         state.jtis = set(raw["jtis"])
         state.deliveries = [
             DeliveryRecord(**{**d, "attempts": [DeliveryAttempt(**a) for a in d["attempts"]]})
@@ -282,6 +326,16 @@ class SandboxState:
 
     def case_submissions(self, case_id: str) -> list[SubmissionRecord]:
         return [s for s in self.submissions.values() if s.case_id == case_id]
+
+    def case_clients(self, case_id: str) -> set[str]:
+        """The clients (online services) that created a submission in the case."""
+        return {s.client_id for s in self.case_submissions(case_id)}
+
+    def reply_events(self, reply_id: str) -> list[EventRecord]:
+        reply = self.replies.get(reply_id)
+        if reply is None or reply.case_id not in self.cases:
+            return []
+        return [e for e in self.cases[reply.case_id].events if e.reply_id == reply_id]
 
     def events_of(self, submission_id: str) -> list[EventRecord]:
         sub = self.submissions.get(submission_id)

@@ -230,9 +230,16 @@ def metadata_versions(raw: Any) -> tuple[str, ...]:
 
 
 def reply_channels(raw: Any) -> dict[str, Any]:
-    allowed = {"deMail", "elster", "eMail", "fink"}
+    """Destination replyChannels: the OpenAPI 1.1.3 ones plus the metadata 2.x channels fitConnect
+    ({processStandards: [...]}, reply profile) and idBundDeMailbox."""
+    allowed = {"deMail", "elster", "eMail", "fink", "fitConnect", "idBundDeMailbox"}
     if not isinstance(raw, dict) or not raw or not set(raw) <= allowed:
         raise bad_request(f"replyChannels must be an object with some of {', '.join(sorted(allowed))}")
+    offer = raw.get("fitConnect")
+    if offer is not None:
+        standards = offer.get("processStandards", []) if isinstance(offer, dict) else None
+        if not isinstance(standards, list) or not all(isinstance(s, str) and s for s in standards):
+            raise bad_request("replyChannels.fitConnect must be an object with a processStandards list of URIs")
     return raw
 
 
