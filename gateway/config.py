@@ -158,6 +158,8 @@ class HttpSection:
     max_body_bytes: int = 20 * 1024 * 1024
     admin_token: SecretRef | None = None
     drain_seconds: float = 30.0
+    header_timeout: float = 15.0  # seconds from connect (or the last response) until the request headers are in
+    body_timeout: float = 120.0  # seconds to receive a request body, from the end of its headers
     tls_cert: Path | None = None  # absolute; PEM certificate chain: the server speaks HTTPS when set
     tls_key: Path | None = None  # absolute; PEM private key of tls_cert
     client_ca: Path | None = None  # absolute; PEM CA(s) for client certificates (optional, CERT_OPTIONAL)
@@ -371,6 +373,8 @@ def parse_config(raw: Mapping[str, Any], *, file: Path) -> GatewayConfig:
         max_body_bytes=h.get("max_body_bytes", int, 20 * 1024 * 1024, check=_positive),
         admin_token=h.secret("admin_token", base_dir),
         drain_seconds=h.get("drain_seconds", float, 30.0, check=_non_negative),
+        header_timeout=h.get("header_timeout", float, 15.0, check=_positive),
+        body_timeout=h.get("body_timeout", float, 120.0, check=_positive),
         tls_cert=_file(h, "tls_cert", base_dir),
         tls_key=_file(h, "tls_key", base_dir),
         client_ca=_file(h, "client_ca", base_dir),

@@ -35,9 +35,12 @@ _TOP_KEYS = frozenset(
         "validate_timeout",
         "bundles",
         "trusted_certs",
+        "crl_dir",
+        "ocsp",
         "signing",
     }
 )
+OCSP_MODES = ("off", "fail-open", "fail-closed")
 _BUNDLE_KEYS = frozenset({"name", "dir", "entries", "samples", "invalid_samples", "locations"})
 _SIGNING_KEYS = frozenset({"key", "cert"})
 
@@ -87,6 +90,8 @@ class XoevConfig:
     validate_timeout: float = 30.0  # seconds per document, then the worker is killed
     # DER certificates whose XML signatures are trusted (pinned by SHA-256 fingerprint when verifying)
     trusted_certs: tuple[bytes, ...] = ()
+    crl_dir: Path | None = None  # absolute; CRL files (PEM/DER) checked for every signing certificate's chain
+    ocsp: str = "off"  # "off" | "fail-open" | "fail-closed" (see gateway.trust.ocsp)
     signing: SigningConfig | None = None
 
     @property
@@ -146,12 +151,20 @@ def parse_xoev_config(raw: Mapping[str, Any], *, base_dir: Path, file: str) -> X
 
     trusted = _trusted_certs(raw.get("trusted_certs", []), base_dir, file)
     signing = _signing(raw["signing"], base_dir, file) if "signing" in raw else None
+    crl_raw = raw.get("crl_dir")
+    if crl_raw is not None and (not isinstance(crl_raw, str) or not (base_dir / crl_raw).is_dir()):
+        raise ConfigError("must be the path of a directory of CRL files", key="xoev.crl_dir", file=file)
+    ocsp = raw.get("ocsp", "off")
+    if ocsp not in OCSP_MODES:
+        raise ConfigError(f"must be one of {', '.join(OCSP_MODES)}", key="xoev.ocsp", file=file)
 
     return XoevConfig(
         bundles=tuple(bundles),
         cache_dir=cache_dir,
         validate_timeout=float(timeout),
         trusted_certs=trusted,
+        crl_dir=(base_dir / crl_raw).resolve() if isinstance(crl_raw, str) else None,
+        ocsp=str(ocsp),
         signing=signing,
         **ints,
     )

@@ -67,8 +67,12 @@ KNOWN_OPTIONS = frozenset(
         "page_size",
         "max_parallel",
         "request_timeout",
+        "zustelldienst_issuer",
+        "crl_dir",
+        "ocsp",
     }
 )
+OCSP_MODES = ("off", "fail-open", "fail-closed")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,9 @@ class SubscriberOptions:
     max_parallel: int
     request_timeout: float
     production: bool
+    zustelldienst_issuer: str = ""  # the exact iss of Zustelldienst SETs (default: submission_api_url)
+    crl_dir: Path | None = None  # CRL files (PEM/DER) checked for every x5c chain
+    ocsp: str = "off"  # "off" | "fail-open" | "fail-closed" (see gateway.trust.ocsp)
 
     def __repr__(self) -> str:  # never show secrets or key material
         return f"SubscriberOptions(name={self.name!r}, destination_id={self.destination_id!r})"
@@ -335,6 +342,15 @@ def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptio
         )
 
     max_attachment = opts.positive_int("max_attachment_bytes", DEFAULT_MAX_ATTACHMENT)
+    issuer = opts.string("zustelldienst_issuer", api_url)
+    if urlsplit(issuer).scheme not in ("http", "https") or (production and not issuer.startswith("https://")):
+        raise ConfigError("must be the Zustelldienst's https URL as it appears in iss", key="zustelldienst_issuer")
+    crl_dir = opts.path(opts.string("crl_dir")) if "crl_dir" in raw else None
+    if crl_dir is not None and not crl_dir.is_dir():
+        raise ConfigError(f"{crl_dir} is not a directory", key="crl_dir")
+    ocsp = opts.string("ocsp", "off")
+    if ocsp not in OCSP_MODES:
+        raise ConfigError(f"must be one of {', '.join(OCSP_MODES)}", key="ocsp")
     return SubscriberOptions(
         name=ctx.name,
         profile=profile,
@@ -362,4 +378,7 @@ def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptio
         max_parallel=opts.positive_int("max_parallel", DEFAULT_PARALLEL, maximum=64),
         request_timeout=_request_timeout(opts),
         production=production,
+        zustelldienst_issuer=issuer,
+        crl_dir=crl_dir,
+        ocsp=ocsp,
     )

@@ -15,10 +15,19 @@ from gateway.errors import ConfigError
 from gateway.sources.base import SourceContext
 
 KNOWN_OPTIONS = frozenset(
-    {"path", "senders", "max_body_bytes", "max_attachments", "accept_test_messages", "store_decoded"}
+    {
+        "path",
+        "senders",
+        "max_body_bytes",
+        "max_attachments",
+        "accept_test_messages",
+        "store_decoded",
+        "max_concurrent_uploads",
+    }
 )
 SENDER_KEYS = frozenset({"token", "client_certificates", "authors"})
 DEFAULT_MAX_ATTACHMENTS = 100
+DEFAULT_MAX_CONCURRENT_UPLOADS = 4  # requests of one sender in progress at once; more get 429
 MIN_TOKEN_CHARS = 16
 _PATH = re.compile(r"/[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*")
 _RESERVED_PREFIXES = ("/admin", "/healthz", "/readyz", "/metrics")
@@ -44,6 +53,7 @@ class XoevHttpOptions:
     max_attachments: int = DEFAULT_MAX_ATTACHMENTS
     accept_test_messages: bool = True
     store_decoded: bool = True
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
 
 
 def normalise_fingerprint(value: str) -> str | None:
@@ -149,4 +159,5 @@ def parse_options(ctx: SourceContext, options: Mapping[str, Any]) -> XoevHttpOpt
         max_attachments=_int(options, "max_attachments", DEFAULT_MAX_ATTACHMENTS, 0),
         accept_test_messages=_bool(options, "accept_test_messages", True),
         store_decoded=_bool(options, "store_decoded", True),
+        max_concurrent_uploads=_int(options, "max_concurrent_uploads", DEFAULT_MAX_CONCURRENT_UPLOADS, 1),
     )
