@@ -47,6 +47,7 @@ from gateway.sources.xoev_http.problems import (
     SENDER_NOT_ALLOWED,
     STORE_UNAVAILABLE,
     TEST_MESSAGE_REFUSED,
+    TOO_MANY_UPLOADS,
     UNAUTHORIZED,
     VALIDATION_UNAVAILABLE,
     XML_REJECTED,
@@ -110,6 +111,7 @@ class XoevHttpSource:
         self.validator = validator
         self.refused = _refused_counter(ctx.metrics)
         self._stopped = asyncio.Event()
+        self._uploads: dict[str, int] = {}  # sender id -> its requests in progress (bounded: slowloris)
 
     # -- Source protocol ------------------------------------------------------------------------
 
@@ -150,10 +152,22 @@ class XoevHttpSource:
             reason=outcome.failure,
         )
 
+    def _check_uploads(self, sender: SenderConfig) -> None:
+        limit = self.options.max_concurrent_uploads
+        if self._uploads.get(sender.id, 0) >= limit:
+            raise Refusal(
+                429,
+                TOO_MANY_UPLOADS,
+                "Too many uploads in progress",
+                f"at most {limit} requests of this sender are processed at once",
+                headers={"Retry-After": "10"},
+                close=True,
+            )
+
     async def expect(self, request: Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse before the client sends the body."""
         try:
-            self._auth(request)
+            self._check_uploads(self._auth(request))
             if request.content_length is not None and request.content_length > self.options.max_body_bytes:
                 raise too_large(self.options.max_body_bytes)
         except Refusal as refusal:
@@ -181,8 +195,12 @@ class XoevHttpSource:
     async def post_message(self, request: Request) -> web.StreamResponse:
         sender: SenderConfig | None = None
         body: ReceivedBody | None = None
+        counted: str | None = None
         try:
             sender = self._auth(request)
+            self._check_uploads(sender)
+            counted = sender.id
+            self._uploads[counted] = self._uploads.get(counted, 0) + 1
             body = await read_body(
                 request,
                 blobs=self.ctx.blobs,
@@ -206,6 +224,12 @@ class XoevHttpSource:
             )
             return self._refuse(unavailable, sender)
         finally:
+            if counted is not None:
+                remaining = self._uploads[counted] - 1
+                if remaining:
+                    self._uploads[counted] = remaining
+                else:
+                    del self._uploads[counted]
             if body is not None:
                 body.abort()  # whatever was not committed (refused or failed) is removed
 
