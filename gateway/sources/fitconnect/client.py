@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from gateway import __version__
+from gateway.fitconnect.ids import path_segment
 from gateway.sources.fitconnect.profile import ApiProfile
 
 USER_AGENT = f"ozg-gateway/{__version__} (fitconnect-subscriber)"
@@ -241,10 +242,13 @@ class SubmissionApi:
         return await self.get_json(f"/destinations/{destination_id}", what="get-destination")
 
     async def get_destination_key(self, destination_id: str, kid: str) -> tuple[int, bytes]:
-        # Public endpoint (no security in the spec).
-        return await self.request(
-            "GET", f"/destinations/{destination_id}/keys/{kid}", what="get-destination-key", auth=False
-        )
+        # Public endpoint (no security in the spec). Both values come from a SET: the last check
+        # before they become a path (the event log checked their form already).
+        try:
+            path = f"/destinations/{path_segment(destination_id)}/keys/{path_segment(kid)}"
+        except ValueError:
+            raise ApiError("get-destination-key", "refused: destination or key id is not a safe path segment") from None
+        return await self.request("GET", path, what="get-destination-key", auth=False)
 
     async def get_jwks(self) -> dict[str, Any]:
         return await self.get_json("/.well-known/jwks.json", what="get-zsd-jwks", auth=False, versioned=False)

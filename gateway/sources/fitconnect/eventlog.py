@@ -4,8 +4,10 @@ Rules (digest §3.3, §9.5, §9.6; the Java SDK's EventLogVerificationService):
 
 * every SET parses (:func:`gateway.fitconnect.sets.parse_set`: 3 parts, ``typ``, ``alg PS512``, ``kid``,
   claims, exactly one event, ``sub``/``txn`` formats, plausible ``iat``) and belongs to this case;
-* its key is looked up by issuer: an ``http(s)`` issuer is the Zustelldienst (``/.well-known/jwks.json``
-  by ``kid``), a UUID issuer is a destination (``GET /destinations/{iss}/keys/{kid}``); the key passes
+* its key is looked up by issuer: the issuer that is exactly the configured ``zustelldienst_issuer`` is
+  the Zustelldienst (``/.well-known/jwks.json`` by ``kid``), a UUID issuer is a destination
+  (``GET /destinations/{iss}/keys/{kid}``, ``kid`` at most 36 characters there); any other issuer
+  (another https URL signed with the real Zustelldienst key included) is refused; the key passes
   :func:`gateway.fitconnect.keys.validate_public_jwk` (signing purpose, x5c chain to the trust anchors)
   and the PS512 signature verifies;
 * ``submit-submission`` is issued by the Zustelldienst, and there is exactly one for the submission;
@@ -28,6 +30,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from gateway.fitconnect.ids import KEY_ID_PATH_MAX
 from gateway.fitconnect.keys import KeyValidationError, load_public_jwk, validate_public_jwk
 from gateway.fitconnect.problems import problem
 from gateway.fitconnect.sets import (
@@ -68,6 +71,7 @@ class KeyResolver:
     api: SubmissionApi
     trust_anchors: tuple[x509.Certificate, ...]
     allow_self_signed: bool
+    zsd_issuer: str  # the exact iss of the Zustelldienst's SETs
     clock: Callable[[], float] = time.monotonic
     _zsd: dict[str, RSAPublicKey | KeyValidationError] = field(default_factory=dict)
     _zsd_fetched_at: float | None = None
@@ -182,10 +186,12 @@ async def fetch_event_log(api: SubmissionApi, keys: KeyResolver, case_id: str, *
             raise _invalid(f"event {index + 1} is not a valid SET ({exc.code})") from None
         if parsed.case_id != case_id.lower():
             raise _invalid(f"event {index + 1} belongs to another case (txn)")
-        kid = parsed.header["kid"]
-        if is_zsd_issuer(parsed.issuer):
+        kid = parsed.header["kid"]  # parse_set checked its form
+        if parsed.issuer == keys.zsd_issuer:
             key = await keys.zsd_key(kid)
         elif _UUID_RE.fullmatch(parsed.issuer):
+            if len(kid) > KEY_ID_PATH_MAX:
+                raise _invalid(f"event {index + 1} names a destination key id longer than {KEY_ID_PATH_MAX}")
             key = await keys.destination_key(parsed.issuer, kid)
         else:
             raise _invalid(f"event {index + 1} has an issuer that is neither the Zustelldienst nor a destination")

@@ -56,7 +56,9 @@ class FitConnectSource:
                 session, options.token_url, options.client_id, options.client_secret
             ),
         )
-        self.keys = KeyResolver(self.api, options.trust_anchors, options.allow_self_signed)
+        self.keys = KeyResolver(
+            self.api, options.trust_anchors, options.allow_self_signed, zsd_issuer=options.zustelldienst_issuer
+        )
         self.destination = DestinationCache(self.api, options.destination_id)
         self.receiver = Receiver(options, self.api, self.keys, ctx.blobs, self.destination, xoev=ctx.xoev)
         self.acknowledger = Acknowledger(options, self.api, self.keys)
