@@ -281,6 +281,14 @@ def validate_public_jwk(
     return path
 
 
+def own_certificates(jwk: Mapping[str, Any]) -> list[x509.Certificate]:
+    """The x5c certificates of a (validated) JWK, for expiry reporting; [] if unreadable."""
+    try:
+        return _decode_x5c(jwk)
+    except KeyValidationError:
+        return []
+
+
 def is_test_key(jwk: Mapping[str, Any]) -> bool:
     """True for keys that must never be used in production: self-signed or marked TEST ONLY.
 

@@ -28,6 +28,7 @@ from gateway.sources.fitconnect.schemas import (
     metadata_version_of,
     referenced_unknown,
 )
+from gateway.trust.crl import CrlDirectory
 
 MIB = 1 << 20
 DEFAULT_POLL_INTERVAL = 60.0
@@ -290,6 +291,10 @@ def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptio
             key="trust_anchors",
         )
 
+    crl_dir = opts.path(opts.string("crl_dir")) if "crl_dir" in raw else None
+    if crl_dir is not None and not crl_dir.is_dir():
+        raise ConfigError(f"{crl_dir} is not a directory", key="crl_dir")
+    crls = CrlDirectory(crl_dir) if crl_dir is not None else None  # own keys revoked: refused at start-up
     for jwk, key in [(k, "decryption_keys") for k in decryption_keys] + [(signing_key, "signing_key")]:
         if production and is_test_key(jwk.public_jwk):
             raise ConfigError(f"key {jwk.kid} is TEST key material (refused in production mode)", key=key)
@@ -299,6 +304,7 @@ def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptio
                 purpose="encryption" if key == "decryption_keys" else "signing",
                 trust_anchors=trust_anchors,
                 allow_self_signed=allow_self_signed,
+                crls=crls,
             )
         except KeyValidationError as exc:
             raise ConfigError(f"key {jwk.kid} fails validation: {exc.code}: {exc.message}", key=key) from None
@@ -345,9 +351,6 @@ def parse_options(ctx: SourceContext, raw: Mapping[str, Any]) -> SubscriberOptio
     issuer = opts.string("zustelldienst_issuer", api_url)
     if urlsplit(issuer).scheme not in ("http", "https") or (production and not issuer.startswith("https://")):
         raise ConfigError("must be the Zustelldienst's https URL as it appears in iss", key="zustelldienst_issuer")
-    crl_dir = opts.path(opts.string("crl_dir")) if "crl_dir" in raw else None
-    if crl_dir is not None and not crl_dir.is_dir():
-        raise ConfigError(f"{crl_dir} is not a directory", key="crl_dir")
     ocsp = opts.string("ocsp", "off")
     if ocsp not in OCSP_MODES:
         raise ConfigError(f"must be one of {', '.join(OCSP_MODES)}", key="ocsp")

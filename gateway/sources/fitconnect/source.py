@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.fitconnect.keys import own_certificates
 from gateway.model import Envelope
 from gateway.pipeline.intake import IntakeClosed
 from gateway.problems import Problem
@@ -32,6 +33,9 @@ from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProv
 from gateway.sources.fitconnect.eventlog import KeyResolver
 from gateway.sources.fitconnect.options import SubscriberOptions, parse_options
 from gateway.sources.fitconnect.receiver import DestinationCache, Receiver, Skip
+from gateway.trust.crl import CrlDirectory
+from gateway.trust.expiry import expiry_gauge, report_expiry
+from gateway.trust.ocsp import OcspChecker
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +60,20 @@ class FitConnectSource:
                 session, options.token_url, options.client_id, options.client_secret
             ),
         )
+        self.expiry = expiry_gauge(ctx.metrics.registry)
+        self.ocsp = OcspChecker(options.ocsp, timeout=options.request_timeout) if options.ocsp != "off" else None
         self.keys = KeyResolver(
-            self.api, options.trust_anchors, options.allow_self_signed, zsd_issuer=options.zustelldienst_issuer
+            self.api,
+            options.trust_anchors,
+            options.allow_self_signed,
+            zsd_issuer=options.zustelldienst_issuer,
+            crls=CrlDirectory(options.crl_dir) if options.crl_dir is not None else None,
+            ocsp=self.ocsp,
+            on_validated=lambda chain: report_expiry(self.expiry, self.name, "issuer-key", chain),
         )
+        report_expiry(self.expiry, self.name, "trust-anchor", options.trust_anchors)
+        for own in (*options.decryption_keys, options.signing_key):
+            report_expiry(self.expiry, self.name, "own-key", own_certificates(own.public_jwk))
         self.destination = DestinationCache(self.api, options.destination_id)
         self.receiver = Receiver(options, self.api, self.keys, ctx.blobs, self.destination, xoev=ctx.xoev)
         self.acknowledger = Acknowledger(options, self.api, self.keys)
@@ -118,6 +133,8 @@ class FitConnectSource:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
         await self.api.close()
+        if self.ocsp is not None:
+            await self.ocsp.close()
 
     # -- polling ---------------------------------------------------------------------------------
 
