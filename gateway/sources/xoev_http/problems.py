@@ -28,6 +28,7 @@ XML_SCHEMA_INVALID = "xml-schema-invalid"  # 422: not valid against its schema (
 XML_UNKNOWN_MESSAGE = "xml-unknown-message"  # 422: no schema registered for the root element
 TEST_MESSAGE_REFUSED = "test-message-refused"  # 422: test marker, and accept_test_messages = false
 VALIDATION_UNAVAILABLE = "validation-unavailable"  # 503: the validator is not running / a worker died
+REVOCATION_UNAVAILABLE = "revocation-unavailable"  # 503: ocsp = fail-closed and the responder gave no answer
 DRAINING = "draining"  # 503: the gateway is shutting down
 STORE_UNAVAILABLE = "store-unavailable"  # 503: the message could not be stored durably (disk full, database down)
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 from aiohttp.web_request import Request
+from cryptography import x509
 from prometheus_client import Counter
 
 from gateway.errors import ConfigError
@@ -44,6 +45,7 @@ from gateway.sources.xoev_http.problems import (
     DRAINING,
     MESSAGE_NOT_FOUND,
     MESSAGE_UUID_CONFLICT,
+    REVOCATION_UNAVAILABLE,
     SENDER_NOT_ALLOWED,
     STORE_UNAVAILABLE,
     TEST_MESSAGE_REFUSED,
@@ -55,6 +57,10 @@ from gateway.sources.xoev_http.problems import (
     XML_UNKNOWN_MESSAGE,
     Refusal,
 )
+from gateway.trust.crl import CrlDirectory
+from gateway.trust.expiry import expiry_gauge, report_expiry
+from gateway.trust.ocsp import OcspChecker
+from gateway.trust.path import TrustError
 from gateway.xoev.adapters import DECODED_PART
 from gateway.xoev.parsing import XmlRejected, parse_xml
 
@@ -112,6 +118,11 @@ class XoevHttpSource:
         self.refused = _refused_counter(ctx.metrics)
         self._stopped = asyncio.Event()
         self._uploads: dict[str, int] = {}  # sender id -> its requests in progress (bounded: slowloris)
+        config = validator.config
+        self.crls = CrlDirectory(config.crl_dir) if config.crl_dir is not None else None
+        self.ocsp = OcspChecker(config.ocsp) if config.ocsp != "off" else None
+        trusted = [x509.load_der_x509_certificate(der) for der in config.trusted_certs]
+        report_expiry(expiry_gauge(ctx.metrics.registry), ctx.name, "xmldsig-trusted", trusted)
 
     # -- Source protocol ------------------------------------------------------------------------
 
@@ -128,6 +139,8 @@ class XoevHttpSource:
 
     async def close(self) -> None:
         self._stopped.set()
+        if self.ocsp is not None:
+            await self.ocsp.close()
 
     # -- authentication ---------------------------------------------------------------------------
 
@@ -391,12 +404,27 @@ class XoevHttpSource:
             return {"status": "absent", "signer": None, "code": None}
         from gateway.xoev.signatures import verify_policy
 
+        config = self.validator.config
         try:
             verdict = await asyncio.to_thread(
-                verify_policy, xml, "optional", self.validator.config.trusted_certs, limits=self.validator.config.limits
+                verify_policy, xml, "optional", config.trusted_certs, limits=config.limits, crls=self.crls
             )
         except XmlRejected:  # parsed fine in the worker already; refuse to guess
             return {"status": "invalid", "signer": None, "code": "malformed"}
+        if verdict.status == "valid" and self.ocsp is not None:
+            try:
+                await self.ocsp.check(verdict.chain)
+            except TrustError as exc:
+                if exc.code == "revoked":
+                    return {"status": "invalid", "signer": verdict.signer, "code": "certificate-revoked"}
+                # fail-closed and no OCSP answer: our connectivity, not the sender's fault -> come back later
+                raise Refusal(
+                    503,
+                    REVOCATION_UNAVAILABLE,
+                    "Revocation status unavailable",
+                    "the signing certificate's revocation status cannot be checked now; retry later",
+                    headers={"Retry-After": "60"},
+                ) from None
         return {"status": verdict.status, "signer": verdict.signer, "code": verdict.code}
 
     # -- GET status ---------------------------------------------------------------------------------
