@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from gateway.fitconnect.jose import b64url_encode, parse_jws
 from gateway.fitconnect.sets import SUBMIT_SUBMISSION
-from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProvider
+from gateway.sources.fitconnect.client import ApiError, SubmissionApi, TokenProvider, error_summary
 from gateway.sources.fitconnect.profile import PROFILES
 
 from .subscriber_helpers import Gateway, e2e
@@ -87,5 +87,24 @@ async def test_key_lookup_url_refuses_what_is_not_one_segment(kid: str) -> None:
         assert info.value.detail.startswith("refused")
         with pytest.raises(ApiError):
             await api.get_destination_key("../admin", "c66e4423-e28d-4a1f")
+        for call in (
+            api.get_submission(kid, limit=1),
+            api.get_destination(kid),
+            api.get_events(kid, limit=1, offset=0),
+            api.post_event(kid, "a.b.c"),
+        ):
+            with pytest.raises(ApiError) as info:
+                await call
+            assert info.value.detail.startswith("refused")
+        with pytest.raises(ApiError) as info:
+            async with api.attachment("5b0d8a16-2e5f-4d0c-9d6c-9f1b7a3c2e01", kid):
+                pass
+        assert info.value.detail.startswith("refused")
     finally:
         await api.close()
+
+
+@pytest.mark.parametrize("body", [b"boom\r\nfake_event=1", b'{"title": "a\\nb\\u0000c"}'])
+def test_server_error_bodies_reach_log_lines_without_controls(body: bytes) -> None:
+    summary = error_summary(body)
+    assert not any(ord(c) < 0x20 for c in summary)

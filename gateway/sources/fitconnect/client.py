@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ TOKEN_RENEW_MARGIN = 60.0  # renew this many seconds before expiry (never less t
 MAX_JSON_BYTES = 4 << 20  # destinations, listings, event logs, keys, tokens
 MAX_ERROR_BODY = 2048
 STREAM_CHUNK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ApiError(Exception):
@@ -130,8 +132,17 @@ def error_summary(body: bytes) -> str:
     if isinstance(parsed, dict):
         parts = [str(parsed[k])[:200] for k in ("type", "error", "title", "issue") if k in parsed]
         if parts:
-            return " / ".join(parts)
-    return body[:200].decode("utf-8", "replace") or "no body"
+            return _CONTROL.sub("?", " / ".join(parts))
+    # it goes into log lines: no CR/LF or other controls from the server's body
+    return _CONTROL.sub("?", body[:200].decode("utf-8", "replace")) or "no body"
+
+
+def _segment(value: str, what: str) -> str:
+    """The last check where a value from a message becomes part of a request path."""
+    try:
+        return path_segment(value)
+    except ValueError:
+        raise ApiError(what, "refused: an id is not a single URL-safe path segment") from None
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
@@ -236,37 +247,46 @@ class SubmissionApi:
         )
 
     async def get_submission(self, submission_id: str, *, limit: int) -> tuple[int, bytes]:
-        return await self.request("GET", f"/submissions/{submission_id}", what="get-submission", limit=limit)
+        path = f"/submissions/{_segment(submission_id, 'get-submission')}"
+        return await self.request("GET", path, what="get-submission", limit=limit)
 
     async def get_destination(self, destination_id: str) -> dict[str, Any]:
-        return await self.get_json(f"/destinations/{destination_id}", what="get-destination")
+        return await self.get_json(
+            f"/destinations/{_segment(destination_id, 'get-destination')}", what="get-destination"
+        )
 
     async def get_destination_key(self, destination_id: str, kid: str) -> tuple[int, bytes]:
-        # Public endpoint (no security in the spec). Both values come from a SET: the last check
-        # before they become a path (the event log checked their form already).
-        try:
-            path = f"/destinations/{path_segment(destination_id)}/keys/{path_segment(kid)}"
-        except ValueError:
-            raise ApiError("get-destination-key", "refused: destination or key id is not a safe path segment") from None
-        return await self.request("GET", path, what="get-destination-key", auth=False)
+        # Public endpoint (no security in the spec). Both values come from a SET (the event log
+        # checked their form already).
+        what = "get-destination-key"
+        path = f"/destinations/{_segment(destination_id, what)}/keys/{_segment(kid, what)}"
+        return await self.request("GET", path, what=what, auth=False)
 
     async def get_jwks(self) -> dict[str, Any]:
         return await self.get_json("/.well-known/jwks.json", what="get-zsd-jwks", auth=False, versioned=False)
 
     async def get_events(self, case_id: str, *, limit: int, offset: int) -> tuple[int, bytes]:
         return await self.request(
-            "GET", f"/cases/{case_id}/events", what="get-events", params={"limit": limit, "offset": offset}
+            "GET",
+            f"/cases/{_segment(case_id, 'get-events')}/events",
+            what="get-events",
+            params={"limit": limit, "offset": offset},
         )
 
     async def post_event(self, case_id: str, token: str) -> tuple[int, bytes]:
         return await self.request(
-            "POST", f"/cases/{case_id}/events", what="post-event", body=token.encode("ascii"), content_type=JOSE
+            "POST",
+            f"/cases/{_segment(case_id, 'post-event')}/events",
+            what="post-event",
+            body=token.encode("ascii"),
+            content_type=JOSE,
         )
 
     @asynccontextmanager
     async def attachment(self, submission_id: str, attachment_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """The attachment response, status 200 checked; the caller streams ``resp.content``."""
-        path = f"/submissions/{submission_id}/attachments/{attachment_id}"
+        what = "get-attachment"
+        path = f"/submissions/{_segment(submission_id, what)}/attachments/{_segment(attachment_id, what)}"
         for attempt in (1, 2):
             token = await self.tokens.token()
             headers = {"Accept": JOSE, "Authorization": f"Bearer {token}"}
