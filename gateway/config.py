@@ -104,6 +104,17 @@ class HttpSection:
     drain_seconds: float = option(
         default=30.0, doc="On shutdown, how long open HTTP requests may take to finish.", check=non_negative
     )
+    header_timeout: float = option(
+        default=15.0,
+        doc="Seconds from connecting (or the last response) until a request's headers are in; then the "
+        "connection is closed (a slowloris client cannot hold it).",
+        check=positive,
+    )
+    body_timeout: float = option(
+        default=120.0,
+        doc="Seconds to receive a request body after its headers; then 408 `request-timeout`.",
+        check=positive,
+    )
     tls_cert: Path | None = option(
         default=None,
         doc="PEM certificate chain: with `tls_key` the server speaks **HTTPS** only (TLS ≥ 1.2).",

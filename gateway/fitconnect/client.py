@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -29,12 +30,14 @@ from typing import Any
 import aiohttp
 
 from gateway import __version__
+from gateway.fitconnect.ids import path_segment
 
 USER_AGENT = f"ozg-gateway/{__version__} (fitconnect)"
 JOSE = "application/jose"
 JSON = "application/json"
 TOKEN_RENEW_MARGIN = 60.0  # renew this many seconds before expiry (never less than half the lifetime)
 MAX_JSON_BYTES = 4 << 20  # destinations, listings, event logs, keys, tokens
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never into a log line
 MAX_ERROR_BODY = 2048
 DEFAULT_TIMEOUT = 60.0
 
@@ -147,8 +150,17 @@ def error_summary(body: bytes) -> str:
     if isinstance(parsed, dict):
         parts = [str(parsed[k])[:200] for k in ("type", "error", "title", "issue") if k in parsed]
         if parts:
-            return " / ".join(parts)
-    return body[:200].decode("utf-8", "replace") or "no body"
+            return _CONTROL.sub("?", " / ".join(parts))
+    # it goes into log lines: no CR/LF or other controls from the server's body
+    return _CONTROL.sub("?", body[:200].decode("utf-8", "replace")) or "no body"
+
+
+def segment(value: str, what: str) -> str:
+    """The last check where a value from a message becomes part of a request path (see docs/hostile-input.md)."""
+    try:
+        return path_segment(value)
+    except ValueError:
+        raise ApiError(what, "refused: an id is not a single URL-safe path segment") from None
 
 
 def problem_type(body: bytes) -> str | None:

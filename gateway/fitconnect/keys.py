@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
@@ -34,6 +33,15 @@ from gateway.fitconnect.jose import (
     b64url_decode,
     b64url_encode,
     thumbprint_of,
+)
+from gateway.trust.crl import CrlDirectory, check_path
+from gateway.trust.path import (
+    TrustError,
+    VerifiedPath,
+    encryption_usage,
+    is_self_signed,
+    signature_usage,
+    verify_path,
 )
 
 Purpose = Literal["encryption", "signing"]
@@ -213,59 +221,6 @@ def _decode_x5c(jwk: Mapping[str, Any]) -> list[x509.Certificate]:
     return certs
 
 
-def _is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    if not bc.ca:
-        return False
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return ku.key_cert_sign
-
-
-def _check_validity(cert: x509.Certificate, now: dt.datetime, position: str) -> None:
-    if now < cert.not_valid_before_utc:
-        raise KeyValidationError(
-            "cert-not-yet-valid", f"{position} certificate is not valid before {cert.not_valid_before_utc}"
-        )
-    if now > cert.not_valid_after_utc:
-        raise KeyValidationError("cert-expired", f"{position} certificate expired at {cert.not_valid_after_utc}")
-
-
-def _check_issued_by(child: x509.Certificate, issuer: x509.Certificate, position: str) -> None:
-    try:
-        child.verify_directly_issued_by(issuer)
-    except ValueError:
-        raise KeyValidationError("chain-issuer", f"{position} certificate's issuer name does not match") from None
-    except (InvalidSignature, TypeError):
-        raise KeyValidationError("chain-signature", f"{position} certificate signature does not verify") from None
-
-
-def _check_leaf_usage(leaf: x509.Certificate, purpose: Purpose) -> None:
-    try:
-        ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return  # key usage is optional in X.509; the JWK key_ops/alg are authoritative then
-    if purpose == "encryption" and not ku.key_encipherment:
-        raise KeyValidationError("cert-key-usage", "leaf certificate does not allow keyEncipherment")
-    if purpose == "signing" and not (ku.digital_signature or ku.content_commitment):
-        raise KeyValidationError("cert-key-usage", "leaf certificate does not allow digitalSignature")
-
-
 def validate_public_jwk(
     jwk: Mapping[str, Any],
     *,
@@ -273,10 +228,13 @@ def validate_public_jwk(
     trust_anchors: Sequence[x509.Certificate] = (),
     allow_self_signed: bool = False,
     now: dt.datetime | None = None,
-) -> None:
+    crls: CrlDirectory | None = None,
+) -> VerifiedPath:
     """Check a public JWK against the FIT-Connect key rules and its x5c chain; raise KeyValidationError.
 
-    Revocation (OCSP/CRL) is not checked here; see docs/fitconnect-crypto.md.
+    The path is validated by :func:`gateway.trust.path.verify_path` (``cryptography.x509.verification``),
+    revocation against ``crls`` when given; OCSP is asynchronous and left to the caller
+    (:class:`gateway.trust.ocsp.OcspChecker` on the returned path). Codes: docs/fitconnect-crypto.md.
     """
     now = now or dt.datetime.now(dt.UTC)
     if not isinstance(jwk, Mapping):
@@ -307,37 +265,28 @@ def validate_public_jwk(
     leaf_key = leaf.public_key()
     if not isinstance(leaf_key, RSAPublicKey) or leaf_key.public_numbers() != public.public_numbers():
         raise KeyValidationError("leaf-mismatch", "x5c leaf certificate key differs from the JWK n/e")
-    _check_leaf_usage(leaf, purpose)
-    for i, cert in enumerate(chain):
-        _check_validity(cert, now, "leaf" if i == 0 else f"x5c[{i}]")
-    for i in range(len(chain) - 1):
-        position = "leaf" if i == 0 else f"x5c[{i}]"
-        _check_issued_by(chain[i], chain[i + 1], position)
-        if not _is_ca(chain[i + 1]):
-            raise KeyValidationError("not-ca", f"x5c[{i + 1}] is not a CA certificate (basicConstraints)")
+    usage = encryption_usage if purpose == "encryption" else signature_usage
+    try:
+        if len(chain) == 1 and is_self_signed(leaf):
+            if not allow_self_signed:
+                raise KeyValidationError("self-signed", "self-signed certificate (only allowed in test environments)")
+            path = verify_path(leaf, [], [leaf], usage=usage, now=now)  # its own anchor: validity, key usage
+        else:
+            # x5c order (RFC 7517 §4.7) is not relied on: the library builds the path from the set
+            path = verify_path(leaf, chain[1:], trust_anchors, usage=usage, now=now)
+        if crls is not None:
+            check_path(path.chain, crls, now)
+    except TrustError as exc:
+        raise KeyValidationError(exc.code, exc.message) from None
+    return path
 
-    top = chain[-1]
-    anchor_ders = {a.public_bytes(serialization.Encoding.DER) for a in trust_anchors}
-    if top.public_bytes(serialization.Encoding.DER) in anchor_ders:
-        if len(chain) == 1 and not allow_self_signed:
-            raise KeyValidationError("self-signed", "the leaf is itself a trust anchor; self-signed keys not allowed")
-        return
-    for anchor in trust_anchors:
-        if anchor.subject != top.issuer:
-            continue
-        try:
-            top.verify_directly_issued_by(anchor)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        _check_validity(anchor, now, "trust anchor")
-        if not _is_ca(anchor):
-            raise KeyValidationError("not-ca", "the issuing trust anchor is not a CA certificate")
-        return
-    if len(chain) == 1 and _is_self_signed(leaf):
-        if allow_self_signed:
-            return
-        raise KeyValidationError("self-signed", "self-signed certificate (only allowed in test environments)")
-    raise KeyValidationError("untrusted", "certificate chain does not end at a configured trust anchor")
+
+def own_certificates(jwk: Mapping[str, Any]) -> list[x509.Certificate]:
+    """The x5c certificates of a (validated) JWK, for expiry reporting; [] if unreadable."""
+    try:
+        return _decode_x5c(jwk)
+    except KeyValidationError:
+        return []
 
 
 def is_test_key(jwk: Mapping[str, Any]) -> bool:

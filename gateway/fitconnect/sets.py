@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from gateway.fitconnect.ids import is_kid
 from gateway.fitconnect.jose import JWS_ALG, JoseError, SignatureError, parse_jws, sign_jws, verify_jws
 
 EVENT_PREFIX = "https://schema.fitko.de/fit-connect/events/"
@@ -113,6 +114,11 @@ def parse_set(token: str, *, now: int | None = None, max_skew: int = 300) -> Par
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise SETError("kid", "header has no kid")
+    if not is_kid(kid):  # it selects the key and may go into a request path: only its documented form
+        raise SETError("kid", "header kid is not 8-64 characters of A-Z a-z 0-9 - . _ ~")
+    for name in ("jku", "x5u", "jwk", "x5c"):  # never fetch or trust a key the token brings itself
+        if name in header:
+            raise SETError("alg", f"header member {name} is not accepted (keys come from the Zustelldienst)")
 
     for name in ("jti", "iss", "sub", "txn"):
         value = claims.get(name)

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import ConfigError
+from gateway.http.limits import BODY_TIMEOUT, handler_args, limits_middleware
 from gateway.http.problem import problem_response
 from gateway.model import AckState, MessageState
 from gateway.plugins import PluginHost
@@ -236,9 +237,11 @@ def create_app(runtime: Runtime) -> web.Application:
     config = runtime.config
     app = web.Application(
         client_max_size=config.http.max_body_bytes,
-        middlewares=[error_middleware, draining_middleware, admin_auth],
+        middlewares=[error_middleware, limits_middleware, draining_middleware, admin_auth],
+        handler_args=handler_args(config.http.header_timeout),
     )
     app[RUNTIME] = runtime
+    app[BODY_TIMEOUT] = config.http.body_timeout
     try:
         app[ADMIN_TOKEN] = config.http.admin_token.resolve() if config.http.admin_token else None
     except ConfigError as exc:  # checked when the file was read; gone since (e.g. a deleted secret file)

@@ -14,14 +14,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.errors import ConfigError
 from gateway.options import At, ReadContext, Reader, failed, option, options
-from gateway.options.checks import non_empty, positive
+from gateway.options.checks import is_dir, non_empty, positive
 from gateway.secrets import SecretRef
 from gateway.xoev.parsing import ParseLimits
 
@@ -74,6 +74,8 @@ class XoevConfig:
     # DER certificates whose XML signatures are trusted (pinned by SHA-256 fingerprint when verifying)
     trusted_certs: tuple[bytes, ...] = ()
     signing: SigningConfig | None = None
+    crl_dir: Path | None = None  # absolute; CRL files (PEM/DER) checked for every signing certificate's chain
+    ocsp: str = "off"  # "off" | "fail-open" | "fail-closed" (see gateway.trust.ocsp)
 
     @property
     def limits(self) -> ParseLimits:
@@ -244,6 +246,16 @@ class XoevOptions:
         type_doc="list of path",
     )
     signing: SigningOptions | None = option(default=None, doc="Outbound signing: `key` (secret) and `cert`.")
+    crl_dir: Path | None = option(
+        default=None,
+        doc="Directory of CRL files (PEM/DER) checked for every signing certificate's chain, re-read when it changes.",
+        check=is_dir,
+    )
+    ocsp: Literal["off", "fail-open", "fail-closed"] = option(
+        default="off",
+        doc="OCSP for signing certificates: `fail-open` accepts when no answer comes, `fail-closed` answers "
+        "503 `revocation-unavailable` (the sender retries).",
+    )
 
     def finish(self, at: At) -> XoevConfig:
         bundles = typing.cast("tuple[BundleConfig, ...]", self.bundles)
@@ -268,6 +280,8 @@ class XoevOptions:
             validate_timeout=self.validate_timeout,
             trusted_certs=self.trusted_certs,
             signing=typing.cast("SigningConfig | None", self.signing),
+            crl_dir=self.crl_dir.resolve() if self.crl_dir is not None else None,
+            ocsp=self.ocsp,
         )
 
 

@@ -6,8 +6,13 @@ most ONE ``ds:Signature``, as a direct child of the root, with exactly one Refer
 the data it reports as signed must be the root element itself (canonicalised, minus the
 signature). So the element the gateway processes is the element that was signed.
 
-Trust is pinned: the signing certificate must be one of the configured trusted certificates
-(compared by SHA-256 fingerprint), and the signature must verify with that certificate's key.
+Trust: a configured trusted certificate that is a CA (basicConstraints cA) is a trust anchor — the
+embedded signing certificate must have a valid path to it (``cryptography.x509.verification`` via
+:mod:`gateway.trust.path`, with the other embedded certificates as intermediates); any other trusted
+certificate is pinned (compared by SHA-256 fingerprint). Either way the signing certificate must be
+valid now, allow digitalSignature/nonRepudiation when it has a keyUsage, and not be revoked by a CRL in
+``crls``; the signature must verify with its key. OCSP (asynchronous) is left to the caller, on
+:attr:`SignatureVerdict.chain`.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import base64
 import binascii
 import copy
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature as InvalidSignatureError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from lxml import etree
@@ -35,6 +42,8 @@ from signxml.exceptions import (
 from signxml.signer import XMLSigner
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
+from gateway.trust.crl import CrlDirectory, check_path
+from gateway.trust.path import TrustError, signature_usage, verify_path
 from gateway.xoev.parsing import DEFAULT_LIMITS, ParseLimits, parse_xml
 
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -54,6 +63,7 @@ class SignatureVerdict:
     policy: str = "optional"
     code: str | None = None  # precise reason when not valid, e.g. "tampered", "untrusted-certificate"
     reason: str | None = None
+    chain: tuple[x509.Certificate, ...] = ()  # the validated signing path (leaf first) when valid
 
     @property
     def accepted(self) -> bool:
@@ -71,6 +81,8 @@ def verify_policy(
     trusted_certs: Sequence[CertificateInput],
     *,
     limits: ParseLimits = DEFAULT_LIMITS,
+    crls: CrlDirectory | None = None,
+    now: dt.datetime | None = None,
 ) -> SignatureVerdict:
     """Check the enveloped signature of ``document_bytes`` according to ``policy``.
 
@@ -110,18 +122,31 @@ def verify_policy(
             return invalid("wrapped", f"the id {uri[1:]!r} occurs {len(holders)} times (signature wrapping)")
 
     trusted = [_load_cert(c) for c in trusted_certs]
+    anchors = [c for c in trusted if _is_ca(c)]
+    pins = {c.fingerprint(hashes.SHA256()): c for c in trusted if not _is_ca(c)}
     embedded = _embedded_certificate(signature)
     if embedded is False:
         return invalid("malformed", "the embedded X509Certificate cannot be decoded")
+    paths: list[tuple[x509.Certificate, ...]] = []
     if embedded is not None:
-        fingerprint = embedded.fingerprint(hashes.SHA256())
-        candidates = [c for c in trusted if c.fingerprint(hashes.SHA256()) == fingerprint]
-        if not candidates:
+        if embedded.fingerprint(hashes.SHA256()) not in pins and not anchors:
             return invalid("untrusted-certificate", "the signing certificate is not trusted for this route")
+        try:
+            paths = [_signing_path(embedded, signature, anchors, pins, crls, now)]
+        except TrustError as exc:
+            return invalid(_TRUST_CODES.get(exc.code, "untrusted-certificate"), exc.message)
     else:
-        candidates = trusted
-    if not candidates:
+        errors: list[TrustError] = []
+        for cert in pins.values():  # no certificate in KeyInfo: try every pinned one that is usable now
+            try:
+                paths.append(_signing_path(cert, signature, anchors, pins, crls, now))
+            except TrustError as exc:
+                errors.append(exc)
+        if not paths and errors:
+            return invalid(_TRUST_CODES.get(errors[0].code, "untrusted-certificate"), errors[0].message)
+    if not paths:
         return invalid("untrusted-certificate", "no trusted certificate is configured")
+    candidates = [path[0] for path in paths]
 
     failure: SignatureVerdict | None = None
     for cert in candidates:
@@ -148,7 +173,7 @@ def verify_policy(
             # "<id>evil<!---->.example</id>": c14n without comments signs "evil.example", a naive
             # reader of the delivered bytes sees "evil"; refuse rather than deliver ambiguity
             return invalid("unsigned-content", "comments inside the message are not covered by the signature", signer)
-        return SignatureVerdict("valid", signer=signer, policy=policy)
+        return SignatureVerdict("valid", signer=signer, policy=policy, chain=paths[candidates.index(cert)])
     assert failure is not None
     if embedded is None and len(candidates) > 1:
         return invalid("untrusted-certificate", "the signature verifies with none of the trusted certificates")
@@ -161,6 +186,7 @@ def sign_xml(
     cert: CertificateInput,
     *,
     limits: ParseLimits = DEFAULT_LIMITS,
+    intermediates: Sequence[CertificateInput] = (),
 ) -> bytes:
     """Add an enveloped signature (RSA-SHA256 or ECDSA-SHA256, SHA-256 digest, exclusive c14n).
 
@@ -184,7 +210,8 @@ def sign_xml(
         digest_algorithm="sha256",
         c14n_algorithm=_EXC_C14N,
     )
-    signed = signer.sign(tree.getroot(), key=key, cert=[certificate])
+    chain = [certificate, *(_load_cert(c) for c in intermediates)]  # KeyInfo: leaf first
+    signed = signer.sign(tree.getroot(), key=key, cert=chain)
     out: bytes = etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
     return out
 
@@ -207,6 +234,74 @@ def _signature_algorithm(key: object) -> str:
     if isinstance(key, dsa.DSAPrivateKey):
         return "dsa-sha256"
     return "rsa-sha256"
+
+
+# gateway.trust codes -> verdict codes (docs/xoev.md, "XML signatures")
+_TRUST_CODES = {
+    "cert-expired": "certificate-expired",
+    "cert-not-yet-valid": "certificate-not-yet-valid",
+    "cert-key-usage": "certificate-key-usage",
+    "revoked": "certificate-revoked",
+    "untrusted": "untrusted-certificate",
+}
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _signing_path(
+    cert: x509.Certificate,
+    signature: etree._Element,
+    anchors: Sequence[x509.Certificate],
+    pins: dict[bytes, x509.Certificate],
+    crls: CrlDirectory | None,
+    now: dt.datetime | None,
+) -> tuple[x509.Certificate, ...]:
+    """The validated path of the signing certificate (raise TrustError): to a CA anchor when one
+    issued it, else the pinned certificate as its own anchor; CRLs checked on the path either way."""
+    extras = [c for c in _embedded_certificates(signature) if c != cert]
+    if cert.fingerprint(hashes.SHA256()) in pins:
+        try:
+            path = verify_path(cert, extras, anchors, usage=signature_usage, now=now).chain if anchors else ()
+        except TrustError:
+            path = ()
+        if not path:  # pinned: trusted as itself, still valid now and fit for signing
+            path = verify_path(cert, [], [cert], usage=signature_usage, now=now).chain
+            issuer = next((c for c in (*anchors, *extras) if _issued(cert, c)), None)
+            if crls is not None and issuer is not None:
+                check_path((cert, issuer), crls, now)
+                return path
+    else:
+        path = verify_path(cert, extras, anchors, usage=signature_usage, now=now).chain
+    if crls is not None:
+        check_path(path, crls, now)
+    return path
+
+
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject or cert == issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignatureError):
+        return False
+    return True
+
+
+def _embedded_certificates(signature: etree._Element) -> list[x509.Certificate]:
+    out = []
+    for node in signature.findall(f"{{{DS_NS}}}KeyInfo/{{{DS_NS}}}X509Data/{{{DS_NS}}}X509Certificate")[:8]:
+        try:
+            out.append(
+                x509.load_der_x509_certificate(base64.b64decode("".join((node.text or "").split()), validate=True))
+            )
+        except (ValueError, binascii.Error):
+            continue
+    return out
 
 
 def _load_cert(cert: CertificateInput) -> x509.Certificate:

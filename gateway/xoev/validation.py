@@ -63,9 +63,18 @@ def validate_tree(registry: SchemaRegistry, tree: etree._ElementTree, *, max_iss
         return ValidationReport(namespace, local, entry, (), "lxml")
 
     schema = registry.xmlschema(entry.bundle)
-    issues = list(islice(xmlschema_issues(schema, tree), max_issues))
+    try:
+        issues = list(islice(xmlschema_issues(schema, tree), max_issues))
+        aborted: str | None = None
+    except xmlschema.XMLSchemaException as exc:
+        # xmlschema raises instead of reporting for some document errors (an ``xsi:type`` naming a type
+        # no schema defines: XMLSchemaKeyError). That is the document's fault, never "validator
+        # unavailable": report what libxml2 found, else the exception as the issue.
+        issues, aborted = [], f"{type(exc).__name__}: {exc}"
     if not issues and fast is not None:
         issues = list(islice(lxml_issues(fast.error_log), max_issues))
+    if not issues and aborted is not None:
+        issues = [ValidationIssue(path="/", line=None, reason=aborted, rule="xsi:type")]
     return ValidationReport(namespace, local, entry, tuple(issues), "xmlschema")
 
 

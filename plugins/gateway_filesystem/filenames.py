@@ -18,6 +18,13 @@ _DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _WINDOWS_RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {f"{dev}{n}" for dev in ("COM", "LPT") for n in "0123456789¹²³"}
 )
+# Confusables of "/" and "\\" (Unicode confusables.txt) that NFKC leaves alone: symbols and
+# punctuation only. Letters on that list (KATAKANA NO, CJK 丿/丶, Coptic esh) belong to real
+# words and stay; FULLWIDTH/SMALL solidi fold to "/" "\\" under NFKC and are caught below.
+SLASH_LOOKALIKES = frozenset(
+    "\u2044\u2215\u29f8\u2571\u27cb\u1735\u2041\u31d3\u2f03\U0001d23a\U0001f67c"  # like "/"
+    "\u2216\u29f5\u29f9\u27cd\u2572\u31d4\u2f02\U0001f67d"  # like "\\"
+)
 MAX_NAME_BYTES = 200  # well below 255, leaving room for "-<n>" suffixes
 MAX_EXTENSION_CHARS = 16
 
@@ -25,7 +32,7 @@ MAX_EXTENSION_CHARS = 16
 def _clean_char(ch: str) -> str:
     if unicodedata.category(ch) in _DROP_CATEGORIES:
         return ""
-    if ch in _FORBIDDEN:
+    if ch in _FORBIDDEN or ch in SLASH_LOOKALIKES:
         return "_"
     if ch.isspace():
         return " "

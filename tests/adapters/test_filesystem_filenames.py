@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from gateway_filesystem.filenames import (
     MAX_NAME_BYTES,
+    SLASH_LOOKALIKES,
     NameAllocator,
     data_filename,
     extension_for,
@@ -51,7 +52,17 @@ NASTY = [
     ("Mu\u0308ller.pdf", "Müller.pdf"),
     ("résumé.PDF", "résumé.PDF"),
     ("a\u2028b", "ab"),
+    ("..\u2215..\u2215etc\u2215passwd", "_.._etc_passwd"),  # DIVISION SLASH
+    ("a\u2044b.pdf", "a_b.pdf"),  # FRACTION SLASH
+    ("a\u29f8b\u2571c\u27cbd\U0001f67ce.pdf", "a_b_c_d_e.pdf"),
+    ("C\u2216Users\u29f5x\u29f9y\u2572z.pdf", "C_Users_x_y_z.pdf"),  # backslash look-alikes
+    ("\u30ce\u30fc\u30c8.pdf", "\u30ce\u30fc\u30c8.pdf"),  # a katakana word (ノート) stays
 ]
+
+
+def test_every_slash_lookalike_becomes_underscore() -> None:
+    for ch in SLASH_LOOKALIKES:
+        assert sanitize_filename(f"a{ch}b.pdf") == "a_b.pdf", hex(ord(ch))
 
 
 @pytest.mark.parametrize(("raw", "expected"), NASTY)

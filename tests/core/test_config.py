@@ -77,7 +77,18 @@ max_attempt = 3
 fallbak = "all"
 """,
     )
-    http_keys = ("admin_token", "client_ca", "drain_seconds", "host", "max_body_bytes", "port", "tls_cert", "tls_key")
+    http_keys = (
+        "admin_token",
+        "body_timeout",
+        "client_ca",
+        "drain_seconds",
+        "header_timeout",
+        "host",
+        "max_body_bytes",
+        "port",
+        "tls_cert",
+        "tls_key",
+    )
     assert keyed(errors) == {
         "colour": "unknown key (known: adapters, delivery, gateway, http, logging, plugins, retry, routes, routing, "
         "sources, store and subsystem tables)",
@@ -360,8 +371,8 @@ def test_check_config_exit_code_and_stderr(tmp_path: Path, capsys: pytest.Captur
     assert out == ""
     # core and adapter errors in one run
     assert err.splitlines() == [
-        f"error: {path}: http.prot: unknown key (known: admin_token, client_ca, drain_seconds, host, max_body_bytes, "
-        "port, tls_cert, tls_key)",
+        f"error: {path}: http.prot: unknown key (known: admin_token, body_timeout, client_ca, drain_seconds, "
+        "header_timeout, host, max_body_bytes, port, tls_cert, tls_key)",
         f"error: {path}: adapters.y.directory: is required (the folder the Fachverfahren reads from)",
     ]
     path.write_text(MINIMAL, encoding="utf-8")

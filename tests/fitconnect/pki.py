@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from gateway.fitconnect.keys import jwk_from_public_key, x5c_entry
 
@@ -31,17 +31,30 @@ def certificate(
     not_after: dt.datetime | None = None,
     key_usage: str | None = None,
     pss: bool = False,
+    path_length: int | None = None,
+    name_constraints: x509.NameConstraints | None = None,
+    san: list[x509.GeneralName] | None = None,
+    ocsp_url: str | None = None,
+    serial: int | None = None,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(subject_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial or x509.random_serial_number())
         .not_valid_before(not_before or NOW - dt.timedelta(days=1))
         .not_valid_after(not_after or NOW + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)
     )
+    if name_constraints is not None:
+        builder = builder.add_extension(name_constraints, critical=True)
+    if san is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if ocsp_url is not None:
+        access = x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))
+        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
+
     usage = key_usage or ("ca" if ca else None)
     if usage is not None:
         builder = builder.add_extension(
@@ -69,3 +82,26 @@ def jwk_with_chain(
 ) -> dict[str, Any]:
     alg, ops = ("RSA-OAEP-256", ["wrapKey"]) if purpose == "encryption" else ("PS512", ["verify"])
     return jwk_from_public_key(key, kid=kid, alg=alg, key_ops=ops, x5c=[x5c_entry(c) for c in chain])
+
+
+def crl(
+    issuer: x509.Certificate,
+    issuer_key: RSAPrivateKey,
+    revoked: list[x509.Certificate],
+    *,
+    next_update: dt.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(NOW - dt.timedelta(hours=1))
+        .next_update(next_update or NOW + dt.timedelta(days=7))
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(NOW - dt.timedelta(minutes=30))
+            .build()
+        )
+    return builder.sign(issuer_key, hashes.SHA256())

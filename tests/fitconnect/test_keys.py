@@ -254,7 +254,11 @@ def test_intermediate_must_be_ca(pki: dict[str, Any]) -> None:
         issuer_key=pki["root_key"],
         ca=False,
     )
-    _expect("not-ca", jwk_with_chain(pki["leaf_key"].public_key(), [pki["leaf"], not_ca]), [pki["root"]])
+    jwk = jwk_with_chain(pki["leaf_key"].public_key(), [pki["leaf"], not_ca])
+    with pytest.raises(KeyValidationError) as info:
+        validate_public_jwk(jwk, purpose="encryption", trust_anchors=[pki["root"]])
+    assert info.value.code == "untrusted"
+    assert "cA must be asserted" in info.value.message
 
 
 def test_broken_chain(pki: dict[str, Any], ca_keys: CaKeys) -> None:
@@ -267,13 +271,12 @@ def test_broken_chain(pki: dict[str, Any], ca_keys: CaKeys) -> None:
     )
     _expect("untrusted", jwk_with_chain(pki["leaf_key"].public_key(), [pki["leaf"], forged_inter]), [pki["root"]])
     forged_leaf = _leaf(pki, issuer_key=ca_keys[2])  # right issuer name, wrong signing key
-    _expect("chain-signature", jwk_with_chain(pki["leaf_key"].public_key(), [forged_leaf, pki["inter"]]), [pki["root"]])
-    # Order matters: x5c[i] must be issued by x5c[i+1].
-    _expect(
-        "chain-issuer",
-        jwk_with_chain(pki["leaf_key"].public_key(), [pki["leaf"], pki["root"], pki["inter"]]),
-        [pki["root"]],
-    )
+    _expect("untrusted", jwk_with_chain(pki["leaf_key"].public_key(), [forged_leaf, pki["inter"]]), [pki["root"]])
+    # The path is built from the x5c set by the library: a misordered chain still validates (the
+    # signatures decide, not the positions), and a missing intermediate does not.
+    misordered = jwk_with_chain(pki["leaf_key"].public_key(), [pki["leaf"], pki["root"], pki["inter"]])
+    validate_public_jwk(misordered, purpose="encryption", trust_anchors=[pki["root"]])
+    _expect("untrusted", jwk_with_chain(pki["leaf_key"].public_key(), [pki["leaf"]]), [pki["root"]])
 
 
 def test_small_key_and_wrong_exponent(pki: dict[str, Any], ca_keys: CaKeys) -> None:

@@ -158,7 +158,9 @@ BAD_SETS: list[tuple[str, Any]] = [
     ("invalid-iat", lambda k, s, o: raw_set(k, s, iat=1000)),
     (
         "unknown-kid",
-        lambda k, s, o: subscriber_set(k, s, ACCEPT_SUBMISSION, {"authenticationTags": s.tags}, kid="nope"),
+        lambda k, s, o: subscriber_set(
+            k, s, ACCEPT_SUBMISSION, {"authenticationTags": s.tags}, kid="no-such-signing-key"
+        ),
     ),
     (
         "unknown-kid",  # the encryption key's kid is not a signing key

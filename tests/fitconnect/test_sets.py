@@ -186,3 +186,42 @@ def test_event_uris() -> None:
     assert prefix + "accept-submission" == sets.ACCEPT_SUBMISSION
     assert prefix + "reject-submission" == sets.REJECT_SUBMISSION
     assert prefix + "delete-submission" == sets.DELETE_SUBMISSION
+
+
+HOSTILE_KIDS = [
+    "../../../submissions",  # path traversal
+    "..%2F..%2Fsubmissions",  # percent-encoding
+    "abcdefgh/keys/other",  # more path segments
+    "abcdefgh?limit=500",  # a query
+    "abcdefgh#fragment",
+    "abcdefgh\r\nX-Injected: 1",  # CR/LF
+    "abcdefgh\x00",  # NUL
+    "ключ-1234567",  # Unicode
+    "a" * 65,  # overlong
+    "short",  # below the schema's 8
+    "abc defgh",
+]
+
+
+@pytest.mark.parametrize("kid", HOSTILE_KIDS)
+def test_hostile_kid_is_refused_before_any_lookup(key_set: KeySet, kid: str) -> None:
+    token = signed({**HEADER, "kid": kid}, claims(), key_set.signing.key)
+    with pytest.raises(SETError) as info:
+        parse_set(token, now=NOW)
+    assert info.value.code == "kid"
+    assert kid not in info.value.message  # the value is not echoed into logs or problems
+
+
+@pytest.mark.parametrize(
+    "kid", ["c66e4423-e28d-4a1f-911d-818f9ab60221", "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs", "2011-04-29"]
+)
+def test_documented_kid_forms_pass(key_set: KeySet, kid: str) -> None:
+    assert parse_set(signed({**HEADER, "kid": kid}, claims(), key_set.signing.key), now=NOW).header["kid"] == kid
+
+
+@pytest.mark.parametrize("member", ["jku", "x5u", "jwk", "x5c"])
+def test_token_carried_keys_are_refused(key_set: KeySet, member: str) -> None:
+    token = signed({**HEADER, member: "https://evil.example/keys.json"}, claims(), key_set.signing.key)
+    with pytest.raises(SETError) as info:
+        parse_set(token, now=NOW)
+    assert info.value.code == "alg"

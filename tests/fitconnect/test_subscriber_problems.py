@@ -15,6 +15,7 @@ import pytest
 
 from gateway.fitconnect.problems import CATALOGUE
 from gateway.model import AckState, MessageState
+from gateway.sources.fitconnect.attachments import encrypted_bound
 
 from .subscriber_helpers import (
     BAU_SERVICE,
@@ -302,7 +303,13 @@ async def test_attachment_over_the_bound(tmp_path: Path, fitconnect_shared: Path
     async with e2e(tmp_path, fitconnect_shared, start=False, **options) as gw:
         sent = await gw.send(attachments=attachments, quirks=SenderQuirks(zip_def=zipped))
         await gw.start()
-        await assert_rejected(gw, sent, [("technical-error", f"attachment:{sent.attachment_ids[0]}")])
+        problems = await assert_rejected(gw, sent, [("technical-error", f"attachment:{sent.attachment_ids[0]}")])
+        # the detail names the bound that triggered, not another one (the 500 MiB default)
+        detail = problems[0]["detail"]
+        # plain: 4 MiB of ciphertext is refused by the encrypted bound for 1 MiB; zip: by the inflation bound
+        bound = ("inflated", 1 << 20) if zipped else ("encrypted", encrypted_bound(1 << 20))
+        assert f"attachment's {bound[0]} size exceeds the receiver's bound of {bound[1]} bytes" in detail
+        assert "524288000" not in detail
 
 
 # -- refused by the gateway itself ----------------------------------------------------------------------

@@ -62,7 +62,9 @@ async def v2_proxy(upstream: str, seen: list[str]) -> AsyncIterator[str]:
 async def test_v2_profile_paths_and_field_names(tmp_path: Path, fitconnect_shared: Path) -> None:
     seen: list[str] = []
     async with running_sandbox(keys=sandbox_keys()) as sandbox, v2_proxy(sandbox.base_url, seen) as proxy:
-        gw = Gateway(sandbox, tmp_path, fitconnect_shared, {"api_profile": "v2", "submission_api_url": proxy})
+        # the proxy is not the Zustelldienst: its SETs keep the Zustelldienst's own URL as iss
+        options = {"api_profile": "v2", "submission_api_url": proxy, "zustelldienst_issuer": sandbox.base_url}
+        gw = Gateway(sandbox, tmp_path, fitconnect_shared, options)
         await gw.start()
         try:
             sent = await gw.send()

@@ -120,8 +120,10 @@ async def test_zustelldienst_errors_timeouts_conflicts_and_lost_answers(tmp_path
         running_sandbox(h.example_sandbox_config()) as sandbox,
         fault_proxy(sandbox.base_url, schedule, hang=2.5) as proxy,
     ):
+        # the proxy is not the Zustelldienst: its SETs keep the sandbox's own URL as iss
+        source = {"poll_interval": 0.3, "zustelldienst_issuer": sandbox.base_url}
         settings = h.GatewaySettings(
-            directory=tmp_path / "gw", api_url=proxy.url, metadata_dir=metadata_dir, source={"poll_interval": 0.3}
+            directory=tmp_path / "gw", api_url=proxy.url, metadata_dir=metadata_dir, source=source
         )
         callback_to(sandbox, settings)
         sent = await h.send_all(sandbox, h.applications(random.Random(11), 10, attachments=1))

@@ -243,7 +243,7 @@ def test_key_swapped_under_a_trusted_certificate(municipality: Identity, strange
 def test_expired_certificate() -> None:
     old = make_identity("Abgelaufen", days=-1)
     verdict = verify_policy(sign_xml(DOC, old.key, old.cert), "required", [old.cert])
-    assert (verdict.status, verdict.code) == ("invalid", "certificate")
+    assert (verdict.status, verdict.code) == ("invalid", "certificate-expired")
 
 
 @pytest.mark.parametrize(

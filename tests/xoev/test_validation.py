@@ -205,3 +205,20 @@ def test_issue_count_is_capped(registry: SchemaRegistry, xoev_shared: Path) -> N
     assert count > 100
     outcome = validate_xml(broken, registry=registry, max_issues=5)
     assert len(outcome.issues) == 5
+
+
+@pytest.mark.parametrize("xsi_type", ["fremd:Unbekannt", "nirgends:Typ"])
+def test_unknown_xsi_type_is_an_issue_not_an_exception(
+    registry: SchemaRegistry, xoev_shared: Path, sample_path: str, xsi_type: str
+) -> None:
+    # xmlschema raises XMLSchemaKeyError for an xsi:type naming a type no schema defines; that must be
+    # a schema issue of the document (HTTP 422), never an exception (which reads as "validator down")
+    root = load(xoev_shared, sample_path).getroot()
+    target = next(e for e in root.iter() if isinstance(e.tag, str) and e is not root)
+    target.set("{http://www.w3.org/2001/XMLSchema-instance}type", xsi_type)
+    # declare the foreign prefix on the root (lxml keeps the attribute value as written)
+    text = etree.tostring(root).replace(b" ", b' xmlns:fremd="urn:example:fremd" ', 1)
+    report = validate_tree(registry, parse_xml(text))
+    assert report.entry is not None
+    assert not report.valid
+    assert report.issues

@@ -373,6 +373,8 @@ def gateway_toml(
     *,
     mode: str = "test",
     catalog_senders: int = 0,
+    http_extra: tuple[str, ...] = (),
+    portal_extra: tuple[str, ...] = (),
 ) -> str:
     lines = [
         "[gateway]",
@@ -383,6 +385,7 @@ def gateway_toml(
         f"tls_cert = {toml_str(pki.server.cert_file)}",
         f"tls_key = {toml_str(pki.server.key_file)}",
         f"client_ca = {toml_str(pki.ca.cert_file)}",
+        *http_extra,
         "[delivery]",
         "poll_interval = 0.05",
         "shutdown_grace = 5",
@@ -401,6 +404,7 @@ def gateway_toml(
         'type = "xoev-http"',
         "max_body_bytes = 1_000_000",
         "max_attachments = 3",
+        *portal_extra,
     ]
     lines.append(
         SENDERS.format(
@@ -458,7 +462,14 @@ TOKEN_NAMES = ("portal-a", "portal-b", "strict", "portal-both", "req", "opt", "i
 
 
 def write_config(
-    work: Path, pki: Pki, bundles: list[dict[str, Any]], cache: Path, *, mode: str, catalog_senders: int
+    work: Path,
+    pki: Pki,
+    bundles: list[dict[str, Any]],
+    cache: Path,
+    *,
+    mode: str,
+    catalog_senders: int,
+    **extra: tuple[str, ...],
 ) -> tuple[Path, dict[str, str]]:
     """gateway.toml and one token file per sender; returns (config file, sender -> token)."""
     (work / "tokens").mkdir(parents=True, exist_ok=True)
@@ -469,16 +480,24 @@ def write_config(
         files[name] = work / "tokens" / f"{name}.txt"
         files[name].write_text(tokens[name] + "\n", encoding="utf-8")
     config_file = work / "gateway.toml"
-    text = gateway_toml(work, pki, bundles, cache, files, mode=mode, catalog_senders=catalog_senders)
+    text = gateway_toml(work, pki, bundles, cache, files, mode=mode, catalog_senders=catalog_senders, **extra)
     config_file.write_text(text, encoding="utf-8")
     return config_file, tokens
 
 
 @asynccontextmanager
 async def start_gateway(
-    work: Path, pki: Pki, bundles: list[dict[str, Any]], cache: Path, *, mode: str = "test", catalog_senders: int = 0
+    work: Path,
+    pki: Pki,
+    bundles: list[dict[str, Any]],
+    cache: Path,
+    *,
+    mode: str = "test",
+    catalog_senders: int = 0,
+    **extra: tuple[str, ...],
 ) -> AsyncIterator[Gateway]:
-    config_file, tokens = write_config(work, pki, bundles, cache, mode=mode, catalog_senders=catalog_senders)
+    """A gateway on 127.0.0.1; ``http_extra``/``portal_extra``: more lines for [http] / [sources.portal]."""
+    config_file, tokens = write_config(work, pki, bundles, cache, mode=mode, catalog_senders=catalog_senders, **extra)
     config = load_config(config_file)
     runtime = build_runtime(config)
     runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=5)

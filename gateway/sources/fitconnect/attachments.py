@@ -166,6 +166,8 @@ async def receive_attachment(
 ) -> ReceivedAttachment:
     """Download, decrypt, hash and store (uncommitted) one attachment; raise CheckFailed or ApiError."""
     limit = encrypted_bound(max(max_attachment_bytes, max_inflated_bytes))
+    # the plaintext bound in force: max_inflated_bytes once the header says zip (named in the problem)
+    bound, bound_kind = max_attachment_bytes, "plaintext"
     writer = blobs.writer(pipelined=True)
     stage = _DecryptStage()
     try:
@@ -176,18 +178,19 @@ async def receive_attachment(
             async with api.attachment(submission_id, attachment_id) as resp:
                 declared = resp.content_length
                 if declared is not None and declared > limit:
-                    raise _too_large(attachment_id, max_attachment_bytes)
+                    raise _too_large(attachment_id, limit, "encrypted")
                 # iter_chunks: the chunks as received, never joined or sliced.
                 async for chunk, _ in resp.content.iter_chunks():
                     received += len(chunk)
                     if received > limit:
-                        raise _too_large(attachment_id, max_attachment_bytes)
+                        raise _too_large(attachment_id, limit, "encrypted")
                     if decryptor is None:
                         prefix += chunk
                         zipped = _zip_of_header(prefix[: MAX_HEADER_CHARS + 1])
                         if zipped is None and len(prefix) <= MAX_HEADER_CHARS:
                             continue
-                        bound = max_inflated_bytes if zipped else max_attachment_bytes
+                        if zipped:
+                            bound, bound_kind = max_inflated_bytes, "inflated"
                         # The blob writer hashes what it stores: the decryptor need not hash it again.
                         decryptor = JWEStreamDecryptor(
                             keys, cast(BinaryIO, writer), max_plaintext=bound, hash_plaintext=False
@@ -201,7 +204,7 @@ async def receive_attachment(
                 await stage.write(decryptor, prefix)
             result = await stage.call(decryptor, lambda: _finish(decryptor, writer))
         except PlaintextTooLarge:
-            raise _too_large(attachment_id, max_attachment_bytes) from None
+            raise _too_large(attachment_id, bound, bound_kind) from None
         except JoseError as exc:
             raise fail(
                 "attachment-encryption-issue",
@@ -218,16 +221,17 @@ async def receive_attachment(
             )
         check_hash(writer.sha512_hex(), expected_sha512, "attachment-hash-mismatch", "attachment", attachment_id)
         if "zip" not in result.header and result.size > max_attachment_bytes:
-            raise _too_large(attachment_id, max_attachment_bytes)
+            raise _too_large(attachment_id, max_attachment_bytes, "plaintext")
         return ReceivedAttachment(writer, result)
     except BaseException:
         writer.abort()  # stops the writer's threads (if any still run) and removes the temp file
         raise
 
 
-def _too_large(attachment_id: str, bound: int) -> CheckFailed:
+def _too_large(attachment_id: str, bound: int, what: str) -> CheckFailed:
+    """The bound that triggered, named as what it bounds (encrypted body, plaintext, inflated zip DEF)."""
     return fail(
         "attachment-too-large",
-        f"the attachment exceeds the receiver's size bound of {bound} bytes",
+        f"the attachment's {what} size exceeds the receiver's bound of {bound} bytes",
         attachment_id=attachment_id,
     )

@@ -21,6 +21,7 @@ from gateway.fitconnect.client import (
     TokenProvider,
     TooLarge,
     error_summary,
+    segment,
 )
 from gateway.sources.fitconnect.profile import ApiProfile
 
@@ -53,15 +54,23 @@ class SubmissionApi(FitConnectClient):
         )
 
     async def get_submission(self, submission_id: str, *, limit: int) -> tuple[int, bytes]:
-        return await self.request("GET", f"/submissions/{submission_id}", what="get-submission", limit=limit)
+        return await self.request(
+            "GET", f"/submissions/{segment(submission_id, 'get-submission')}", what="get-submission", limit=limit
+        )
 
     async def get_destination(self, destination_id: str) -> dict[str, Any]:
-        return await self.get_json(f"/destinations/{destination_id}", what="get-destination")
+        return await self.get_json(
+            f"/destinations/{segment(destination_id, 'get-destination')}", what="get-destination"
+        )
 
     async def get_destination_key(self, destination_id: str, kid: str) -> tuple[int, bytes]:
         # Public endpoint (no security in the spec).
+        what = "get-destination-key"
         return await self.request(
-            "GET", f"/destinations/{destination_id}/keys/{kid}", what="get-destination-key", auth=False
+            "GET",
+            f"/destinations/{segment(destination_id, what)}/keys/{segment(kid, what)}",
+            what=what,
+            auth=False,
         )
 
     async def get_jwks(self) -> dict[str, Any]:
@@ -69,18 +78,27 @@ class SubmissionApi(FitConnectClient):
 
     async def get_events(self, case_id: str, *, limit: int, offset: int) -> tuple[int, bytes]:
         return await self.request(
-            "GET", f"/cases/{case_id}/events", what="get-events", params={"limit": limit, "offset": offset}
+            "GET",
+            f"/cases/{segment(case_id, 'get-events')}/events",
+            what="get-events",
+            params={"limit": limit, "offset": offset},
         )
 
     async def post_event(self, case_id: str, token: str) -> tuple[int, bytes]:
         return await self.request(
-            "POST", f"/cases/{case_id}/events", what="post-event", body=token.encode("ascii"), content_type=JOSE
+            "POST",
+            f"/cases/{segment(case_id, 'post-event')}/events",
+            what="post-event",
+            body=token.encode("ascii"),
+            content_type=JOSE,
         )
 
     @asynccontextmanager
     async def attachment(self, submission_id: str, attachment_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """The attachment response, status 200 checked; the caller streams ``resp.content``."""
+        what = "get-attachment"
         async with self.stream(
-            f"/submissions/{submission_id}/attachments/{attachment_id}", what="get-attachment"
+            f"/submissions/{segment(submission_id, what)}/attachments/{segment(attachment_id, what)}",
+            what=what,
         ) as resp:
             yield resp

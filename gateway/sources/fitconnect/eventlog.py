@@ -4,8 +4,10 @@ Rules (digest §3.3, §9.5, §9.6; the Java SDK's EventLogVerificationService):
 
 * every SET parses (:func:`gateway.fitconnect.sets.parse_set`: 3 parts, ``typ``, ``alg PS512``, ``kid``,
   claims, exactly one event, ``sub``/``txn`` formats, plausible ``iat``) and belongs to this case;
-* its key is looked up by issuer: an ``http(s)`` issuer is the Zustelldienst (``/.well-known/jwks.json``
-  by ``kid``), a UUID issuer is a destination (``GET /destinations/{iss}/keys/{kid}``); the key passes
+* its key is looked up by issuer: the issuer that is exactly the configured ``zustelldienst_issuer`` is
+  the Zustelldienst (``/.well-known/jwks.json`` by ``kid``), a UUID issuer is a destination
+  (``GET /destinations/{iss}/keys/{kid}``, ``kid`` at most 36 characters there); any other issuer
+  (another https URL signed with the real Zustelldienst key included) is refused; the key passes
   :func:`gateway.fitconnect.keys.validate_public_jwk` (signing purpose, x5c chain to the trust anchors)
   and the PS512 signature verifies;
 * ``submit-submission`` is issued by the Zustelldienst, and there is exactly one for the submission;
@@ -17,6 +19,7 @@ rejected); failing to *fetch* something is an :class:`~.client.ApiError` (try ag
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
@@ -28,6 +31,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from gateway.fitconnect.ids import KEY_ID_PATH_MAX
 from gateway.fitconnect.keys import KeyValidationError, load_public_jwk, validate_public_jwk
 from gateway.fitconnect.problems import problem
 from gateway.fitconnect.sets import (
@@ -41,6 +45,9 @@ from gateway.fitconnect.sets import (
 )
 from gateway.problems import Problem
 from gateway.sources.fitconnect.client import ApiError, SubmissionApi
+from gateway.trust.crl import CrlDirectory
+from gateway.trust.ocsp import OcspChecker
+from gateway.trust.path import TrustError
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +55,7 @@ PAGE = 100
 MAX_EVENTS = 5000  # a case with more events than this is not something a subscriber can check
 JWKS_REFRESH_MIN_INTERVAL = 30.0
 DESTINATION_KEY_TTL = 3600.0
+REVALIDATE_INTERVAL = 300.0  # a cached key verdict is at most this old (OCSP answers, clock-based expiry)
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -62,37 +70,87 @@ def _invalid(detail: str) -> LogProblem:
 
 
 @dataclass
+class _Checked:
+    """A key and the verdict of its last validation (re-checked when it may have changed)."""
+
+    jwk: Any
+    result: RSAPublicKey | KeyValidationError
+    checked_at: float
+    crl_generation: int
+    valid_until: dt.datetime | None  # the soonest not-after of its path
+
+
+@dataclass
 class KeyResolver:
-    """Verification keys of SET issuers, validated once and cached."""
+    """Verification keys of SET issuers, validated (path, CRL, OCSP) and cached.
+
+    A cached verdict is re-checked when the CRL directory changed, when a certificate of its path
+    expired, and at least every ``REVALIDATE_INTERVAL`` (OCSP answers age): a key revoked after it was
+    first seen stops verifying without a restart.
+    """
 
     api: SubmissionApi
     trust_anchors: tuple[x509.Certificate, ...]
     allow_self_signed: bool
+    zsd_issuer: str  # the exact iss of the Zustelldienst's SETs
+    crls: CrlDirectory | None = None
+    ocsp: OcspChecker | None = None
+    on_validated: Callable[[tuple[x509.Certificate, ...]], None] | None = None  # e.g. the expiry metric
     clock: Callable[[], float] = time.monotonic
-    _zsd: dict[str, RSAPublicKey | KeyValidationError] = field(default_factory=dict)
+    _zsd: dict[str, _Checked] = field(default_factory=dict)
     _zsd_fetched_at: float | None = None
-    _destination: dict[tuple[str, str], tuple[float, RSAPublicKey | KeyValidationError]] = field(default_factory=dict)
+    _destination: dict[tuple[str, str], _Checked] = field(default_factory=dict)
 
-    def _validate(self, jwk: Any) -> RSAPublicKey | KeyValidationError:
+    def _generation(self) -> int:
+        if self.crls is None:
+            return 0
+        self.crls.refresh()
+        return self.crls.generation
+
+    async def _validate(self, jwk: Any) -> _Checked:
+        generation = self._generation()
+        valid_until = None
         try:
             if not isinstance(jwk, dict):
                 raise KeyValidationError("jwk-format", "JWK is not an object")
-            validate_public_jwk(
-                jwk, purpose="signing", trust_anchors=self.trust_anchors, allow_self_signed=self.allow_self_signed
+            path = validate_public_jwk(
+                jwk,
+                purpose="signing",
+                trust_anchors=self.trust_anchors,
+                allow_self_signed=self.allow_self_signed,
+                crls=self.crls,
             )
-            return load_public_jwk(jwk)
+            if self.ocsp is not None:
+                try:
+                    await self.ocsp.check(path.chain)
+                except TrustError as exc:
+                    if exc.code == "revocation-unknown":  # fail-closed and no answer: later, not a reject
+                        raise ApiError("ocsp", exc.message) from None
+                    raise KeyValidationError(exc.code, exc.message) from None
+            valid_until = min(c.not_valid_after_utc for c in path.chain)
+            if self.on_validated is not None:
+                self.on_validated(path.chain)
+            result: RSAPublicKey | KeyValidationError = load_public_jwk(jwk)
         except KeyValidationError as exc:
-            return exc
+            result = exc
+        return _Checked(jwk, result, self.clock(), generation, valid_until)
+
+    def _fresh(self, checked: _Checked) -> bool:
+        return (
+            checked.crl_generation == self._generation()
+            and self.clock() - checked.checked_at < REVALIDATE_INTERVAL
+            and (checked.valid_until is None or dt.datetime.now(dt.UTC) < checked.valid_until)
+        )
 
     async def _refresh_zsd(self) -> None:
         jwks = await self.api.get_jwks()
         keys = jwks.get("keys")
         if not isinstance(keys, list):
             raise ApiError("get-zsd-jwks", "JWKS has no keys array")
-        fresh: dict[str, RSAPublicKey | KeyValidationError] = {}
+        fresh: dict[str, _Checked] = {}
         for jwk in keys:
             if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
-                fresh[jwk["kid"]] = self._validate(jwk)
+                fresh[jwk["kid"]] = await self._validate(jwk)
         self._zsd = fresh
         self._zsd_fetched_at = self.clock()
 
@@ -101,18 +159,18 @@ class KeyResolver:
             self._zsd_fetched_at is None or self.clock() - self._zsd_fetched_at >= JWKS_REFRESH_MIN_INTERVAL
         ):
             await self._refresh_zsd()  # first use, or the Zustelldienst rolled its key
-        found = self._zsd.get(kid)
-        if found is None:
+        checked = self._zsd.get(kid)
+        if checked is None:
             raise _invalid("a Zustelldienst SET names a kid that is not in the Zustelldienst's JWKS")
-        if isinstance(found, KeyValidationError):
-            raise _invalid(f"the Zustelldienst signing key fails validation ({found.code})")
-        return found
+        if not self._fresh(checked):
+            checked = self._zsd[kid] = await self._validate(checked.jwk)
+        if isinstance(checked.result, KeyValidationError):
+            raise _invalid(f"the Zustelldienst signing key fails validation ({checked.result.code})")
+        return checked.result
 
     async def destination_key(self, destination_id: str, kid: str) -> RSAPublicKey:
-        cached = self._destination.get((destination_id, kid))
-        if cached is not None and self.clock() - cached[0] < DESTINATION_KEY_TTL:
-            found = cached[1]
-        else:
+        checked = self._destination.get((destination_id, kid))
+        if checked is None or self.clock() - checked.checked_at >= DESTINATION_KEY_TTL:
             status, body = await self.api.get_destination_key(destination_id, kid)
             if status == 404:
                 raise _invalid("a destination-issued SET names a signing key the destination does not have")
@@ -122,11 +180,13 @@ class KeyResolver:
                 jwk = json.loads(body)
             except ValueError:
                 raise ApiError("get-destination-key", "response is not JSON") from None
-            found = self._validate(jwk)
-            self._destination[(destination_id, kid)] = (self.clock(), found)
-        if isinstance(found, KeyValidationError):
-            raise _invalid(f"a destination signing key fails validation ({found.code})")
-        return found
+            checked = await self._validate(jwk)
+        elif not self._fresh(checked):
+            checked = await self._validate(checked.jwk)
+        self._destination[(destination_id, kid)] = checked
+        if isinstance(checked.result, KeyValidationError):
+            raise _invalid(f"a destination signing key fails validation ({checked.result.code})")
+        return checked.result
 
 
 @dataclass
@@ -182,10 +242,12 @@ async def fetch_event_log(api: SubmissionApi, keys: KeyResolver, case_id: str, *
             raise _invalid(f"event {index + 1} is not a valid SET ({exc.code})") from None
         if parsed.case_id != case_id.lower():
             raise _invalid(f"event {index + 1} belongs to another case (txn)")
-        kid = parsed.header["kid"]
-        if is_zsd_issuer(parsed.issuer):
+        kid = parsed.header["kid"]  # parse_set checked its form
+        if parsed.issuer == keys.zsd_issuer:
             key = await keys.zsd_key(kid)
         elif _UUID_RE.fullmatch(parsed.issuer):
+            if len(kid) > KEY_ID_PATH_MAX:
+                raise _invalid(f"event {index + 1} names a destination key id longer than {KEY_ID_PATH_MAX}")
             key = await keys.destination_key(parsed.issuer, kid)
         else:
             raise _invalid(f"event {index + 1} has an issuer that is neither the Zustelldienst nor a destination")

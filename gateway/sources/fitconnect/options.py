@@ -22,12 +22,13 @@ from cryptography import x509
 from gateway.errors import ConfigError
 from gateway.fitconnect.keys import KeyValidationError, PrivateJWK, Purpose, is_test_key
 from gateway.options import At, ReadContext, Reader, option, options
-from gateway.options.checks import between, non_blank, non_empty, positive
+from gateway.options.checks import between, is_dir, non_blank, non_empty, positive
 from gateway.secrets import SecretRef
 from gateway.sources.base import SourceContext
 from gateway.sources.fitconnect.profile import PROFILES, ApiProfile
 from gateway.sources.fitconnect.schemas import SchemaIndex, metadata_version_of, referenced_unknown
 from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+from gateway.trust.crl import CrlDirectory
 
 MIB = 1 << 20
 DEFAULT_POLL_INTERVAL = 60.0
@@ -69,6 +70,9 @@ class SubscriberOptions:
     max_parallel: int
     request_timeout: float
     production: bool
+    zustelldienst_issuer: str  # the exact iss of Zustelldienst SETs
+    crl_dir: Path | None  # CRL files (PEM/DER) checked for every x5c chain
+    ocsp: str  # "off" | "fail-open" | "fail-closed" (see gateway.trust.ocsp)
 
     def __repr__(self) -> str:  # never show secrets or key material
         return f"SubscriberOptions(name={self.name!r}, destination_id={self.destination_id!r})"
@@ -200,6 +204,26 @@ class FitConnectSourceOptions:
         check=lambda v: None if v > 0 else "must be > 0 (seconds)",
     )
 
+    zustelldienst_issuer: str | None = option(
+        default=None,
+        doc="The exact `iss` of the Zustelldienst's SETs; anything else is refused (a destination's UUID "
+        "issuer aside). Set it behind a proxy or where the API URL is not the issuer.",
+        parse=_url,
+        type_doc="URL",
+        default_doc="submission_api_url",
+    )
+    crl_dir: Path | None = option(
+        default=None,
+        doc="Directory of CRL files (PEM/DER) checked for every x5c chain, re-read when it changes; "
+        "an own key found revoked refuses the start.",
+        check=is_dir,
+    )
+    ocsp: Literal["off", "fail-open", "fail-closed"] = option(
+        default="off",
+        doc="OCSP for x5c chains at the responder each certificate names: `fail-open` accepts when no "
+        "answer comes, `fail-closed` retries the submission at the next poll.",
+    )
+
     def finish(self, at: At) -> SubscriberOptions | None:
         from gateway.http.paths import HttpPaths
 
@@ -213,6 +237,7 @@ class FitConnectSourceOptions:
         decryption_keys = [_private_key(cache, p, at, "decryption_keys", "encryption") for p in self.decryption_keys]
         signing_key = _private_key(cache, self.signing_key, at, "signing_key", "signing")
         trust_anchors = _trust_anchors(self.trust_anchors, at)
+        crls = CrlDirectory(self.crl_dir) if self.crl_dir is not None else None  # own keys revoked: refused
         schemas = _schemas(cache, self, at)
         if production and self.allow_self_signed:
             at.error("self-signed certificates are refused in production mode", "allow_self_signed")
@@ -238,6 +263,7 @@ class FitConnectSourceOptions:
                         "encryption" if key == "decryption_keys" else "signing",
                         trust_anchors,
                         self.allow_self_signed,
+                        crls=crls,
                     )
                 except KeyValidationError as exc:
                     at.error(f"key {jwk.kid} fails validation: {exc.code}: {exc.message}", key)
@@ -281,6 +307,9 @@ class FitConnectSourceOptions:
             max_parallel=self.max_parallel,
             request_timeout=self.request_timeout,
             production=production,
+            zustelldienst_issuer=self.zustelldienst_issuer or self.submission_api_url,
+            crl_dir=self.crl_dir,
+            ocsp=self.ocsp,
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.fitconnect.keys import own_certificates
 from gateway.model import Envelope
 from gateway.pipeline.intake import IntakeClosed
 from gateway.problems import Problem
@@ -33,6 +34,9 @@ from gateway.sources.fitconnect.eventlog import KeyResolver
 from gateway.sources.fitconnect.options import SubscriberOptions
 from gateway.sources.fitconnect.receiver import DestinationCache, Receiver, Skip
 from gateway.sources.fitconnect.subsystem import FitConnectSubsystem
+from gateway.trust.crl import CrlDirectory
+from gateway.trust.expiry import expiry_gauge, report_expiry
+from gateway.trust.ocsp import OcspChecker
 from gateway.xoev.subsystem import XoevSubsystem
 
 log = structlog.get_logger(__name__)
@@ -60,7 +64,20 @@ class FitConnectSource:
                 options.token_url, options.client_id, options.client_secret, session
             ),
         )
-        self.keys = KeyResolver(self.api, options.trust_anchors, options.allow_self_signed)
+        self.expiry = expiry_gauge(ctx.metrics.registry)
+        self.ocsp = OcspChecker(options.ocsp, timeout=options.request_timeout) if options.ocsp != "off" else None
+        self.keys = KeyResolver(
+            self.api,
+            options.trust_anchors,
+            options.allow_self_signed,
+            zsd_issuer=options.zustelldienst_issuer,
+            crls=CrlDirectory(options.crl_dir) if options.crl_dir is not None else None,
+            ocsp=self.ocsp,
+            on_validated=lambda chain: report_expiry(self.expiry, self.name, "issuer-key", chain),
+        )
+        report_expiry(self.expiry, self.name, "trust-anchor", options.trust_anchors)
+        for own in (*options.decryption_keys, options.signing_key):
+            report_expiry(self.expiry, self.name, "own-key", own_certificates(own.public_jwk))
         self.destination = DestinationCache(self.api, options.destination_id)
         xoev = ctx.subsystem("xoev", XoevSubsystem)
         self.receiver = Receiver(
@@ -141,6 +158,8 @@ class FitConnectSource:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
         await self.api.close()
+        if self.ocsp is not None:
+            await self.ocsp.close()
 
     # -- polling ---------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from gateway.hookspecs import hookimpl
 from gateway.sources.fitconnect.client import TokenProvider
 from gateway.sources.fitconnect.schemas import SchemaIndex, load_schema_index
 from gateway.subsystems import SubsystemContext, SubsystemType
+from gateway.trust.crl import CrlDirectory
 
 NAME = "fitconnect"
 
@@ -103,15 +104,25 @@ class FitConnectSubsystem:
         return found
 
     def validate(
-        self, jwk: PrivateJWK, purpose: Purpose, trust_anchors: Sequence[x509.Certificate], allow_self_signed: bool
+        self,
+        jwk: PrivateJWK,
+        purpose: Purpose,
+        trust_anchors: Sequence[x509.Certificate],
+        allow_self_signed: bool,
+        *,
+        crls: CrlDirectory | None = None,
     ) -> None:
-        """:func:`validate_public_jwk` of the key's public part, once per key and trust setting."""
+        """:func:`validate_public_jwk` of the key's public part, once per key, trust setting and CRL directory."""
         anchors = tuple(c.fingerprint(hashes.SHA256()) for c in trust_anchors)
-        key = (jwk.kid, jwk.public_jwk.get("n"), purpose, anchors, allow_self_signed)
+        key = (jwk.kid, jwk.public_jwk.get("n"), purpose, anchors, allow_self_signed, crls.directory if crls else None)
         if key not in self._valid:
             try:
                 validate_public_jwk(
-                    jwk.public_jwk, purpose=purpose, trust_anchors=trust_anchors, allow_self_signed=allow_self_signed
+                    jwk.public_jwk,
+                    purpose=purpose,
+                    trust_anchors=trust_anchors,
+                    allow_self_signed=allow_self_signed,
+                    crls=crls,
                 )
                 self._valid[key] = None
             except KeyValidationError as exc:

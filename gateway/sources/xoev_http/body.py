@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.http.limits import BodyTimeout
 from gateway.model import BlobRef
 from gateway.sources.xoev_http.problems import (
     MULTIPART_INVALID,
     PAYLOAD_TOO_LARGE,
+    REQUEST_TIMEOUT,
     TOO_MANY_ATTACHMENTS,
     UNSUPPORTED_MEDIA_TYPE,
     Refusal,
@@ -38,6 +41,9 @@ MULTIPART_TYPES = frozenset({"multipart/form-data", "multipart/related"})
 _IDENTITY_TRANSFER = frozenset({"binary", "8bit", "7bit"})
 _ATTACHMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+=-]{0,127}")
 _MAX_FILENAME = 1024
+# C0 controls (but HTAB), DEL and C1 controls: never part of a header value a sender means; a NUL
+# in a stored file name or id would also be refused by PostgreSQL (and taken for a store failure).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def content_type(header: str | None) -> tuple[str, Message]:
@@ -113,6 +119,17 @@ class _Budget:
 async def read_body(
     request: web.Request, *, blobs: BlobStore, max_body: int, max_xml: int, max_attachments: int
 ) -> ReceivedBody:
+    try:
+        return await _read_body(
+            request, blobs=blobs, max_body=max_body, max_xml=max_xml, max_attachments=max_attachments
+        )
+    except BodyTimeout as exc:  # set on the stream by gateway.http.limits
+        raise Refusal(408, REQUEST_TIMEOUT, "Request body too slow", str(exc), close=True) from None
+
+
+async def _read_body(
+    request: web.Request, *, blobs: BlobStore, max_body: int, max_xml: int, max_attachments: int
+) -> ReceivedBody:
     media_type, parsed = content_type(request.headers.get("Content-Type"))
     if request.content_length is not None and request.content_length > max_body:
         raise too_large(max_body)
@@ -159,12 +176,14 @@ async def _read_multipart(
         while True:
             try:
                 part = await reader.next()
-            except ValueError as exc:  # aiohttp: malformed boundary / headers
-                raise Refusal(400, MULTIPART_INVALID, "Malformed multipart body", str(exc)[:200]) from None
+            except (ValueError, HttpProcessingError) as exc:  # aiohttp: malformed boundary / part headers
+                reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+                raise Refusal(400, MULTIPART_INVALID, "Malformed multipart body", _printable(reason)[:200]) from None
             if part is None:
                 break
             if isinstance(part, MultipartReader) or not isinstance(part, BodyPartReader):
                 raise Refusal(400, MULTIPART_INVALID, "Nested multipart", "nested multipart parts are not accepted")
+            _check_part_headers(part, index)
             _check_part_encoding(part, index)
             cid = _strip_cid(part.headers.get("Content-ID"))
             if _is_message_part(related, start, cid, part.name, index):
@@ -198,6 +217,25 @@ def _is_message_part(related: bool, start: str | None, cid: str | None, name: st
     if related:  # the start part, or the first one
         return cid == start if start is not None else index == 0
     return name == "message"  # multipart/form-data: the field "message"
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub("?", text)
+
+
+def _check_part_headers(part: BodyPartReader, index: int) -> None:
+    """No control character in a part's headers, nor in the names and file names they decode to
+    (RFC 2231 ``filename*=UTF-8''%00`` decodes to a NUL that no raw-byte check sees)."""
+    decoded = [part.name or "", part.filename or ""]
+    if any(_CONTROL.search(text) for item in part.headers.items() for text in item) or any(
+        _CONTROL.search(text) for text in decoded
+    ):
+        raise Refusal(
+            400,
+            MULTIPART_INVALID,
+            "Control character in part headers",
+            f"part {index}: a header holds a control character",
+        )
 
 
 def _check_part_encoding(part: BodyPartReader, index: int) -> None:

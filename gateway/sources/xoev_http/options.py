@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.options import At, failed, option, options
+from gateway.options.checks import positive
 from gateway.secrets import SecretRef
 
 DEFAULT_MAX_ATTACHMENTS = 100
@@ -20,6 +21,8 @@ MIN_TOKEN_CHARS = 16
 _PATH = re.compile(r"/[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*")
 SENDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2})")
+
+DEFAULT_MAX_CONCURRENT_UPLOADS = 4  # requests of one sender in progress at once; more get 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class XoevHttpOptions:
     max_attachments: int = DEFAULT_MAX_ATTACHMENTS
     accept_test_messages: bool = True
     store_decoded: bool = True
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
 
 
 def normalise_fingerprint(value: str) -> str | None:
@@ -124,6 +128,12 @@ class XoevHttpSourceOptions:
     )
     accept_test_messages: bool = option(default=True, doc="Accept messages marked as test messages.")
     store_decoded: bool = option(default=True, doc="Also store the decoded JSON of the message as a part.")
+    max_concurrent_uploads: int = option(
+        default=DEFAULT_MAX_CONCURRENT_UPLOADS,
+        doc="Requests of one sender in progress at once; more are answered 429 `too-many-uploads` "
+        "with Retry-After (a slow or stalled sender cannot hold the intake's connections).",
+        check=positive,
+    )
 
     def finish(self, at: At) -> XoevHttpOptions:
         from gateway.http.paths import HttpPaths
@@ -163,4 +173,5 @@ class XoevHttpSourceOptions:
             max_attachments=self.max_attachments,
             accept_test_messages=self.accept_test_messages,
             store_decoded=self.store_decoded,
+            max_concurrent_uploads=self.max_concurrent_uploads,
         )

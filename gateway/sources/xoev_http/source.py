@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 from aiohttp.web_request import Request
+from cryptography import x509
 
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
@@ -42,9 +43,11 @@ from gateway.sources.xoev_http.problems import (
     DRAINING,
     MESSAGE_NOT_FOUND,
     MESSAGE_UUID_CONFLICT,
+    REVOCATION_UNAVAILABLE,
     SENDER_NOT_ALLOWED,
     STORE_UNAVAILABLE,
     TEST_MESSAGE_REFUSED,
+    TOO_MANY_UPLOADS,
     UNAUTHORIZED,
     VALIDATION_UNAVAILABLE,
     XML_REJECTED,
@@ -52,6 +55,10 @@ from gateway.sources.xoev_http.problems import (
     XML_UNKNOWN_MESSAGE,
     Refusal,
 )
+from gateway.trust.crl import CrlDirectory
+from gateway.trust.expiry import expiry_gauge, report_expiry
+from gateway.trust.ocsp import OcspChecker
+from gateway.trust.path import TrustError
 from gateway.xoev.adapters import DECODED_PART
 from gateway.xoev.parsing import XmlRejected, parse_xml
 from gateway.xoev.subsystem import XoevSubsystem
@@ -91,6 +98,12 @@ class XoevHttpSource:
         self.validator = xoev.validator
         self.refused = xoev.refused
         self._stopped = asyncio.Event()
+        self._uploads: dict[str, int] = {}  # sender id -> its requests in progress (bounded: slowloris)
+        config = self.validator.config
+        self.crls = CrlDirectory(config.crl_dir) if config.crl_dir is not None else None
+        self.ocsp = OcspChecker(config.ocsp) if config.ocsp != "off" else None
+        trusted = [x509.load_der_x509_certificate(der) for der in config.trusted_certs]
+        report_expiry(expiry_gauge(ctx.metrics.registry), ctx.name, "xmldsig-trusted", trusted)
 
     # -- Source protocol ------------------------------------------------------------------------
 
@@ -107,6 +120,8 @@ class XoevHttpSource:
 
     async def close(self) -> None:
         self._stopped.set()
+        if self.ocsp is not None:
+            await self.ocsp.close()
 
     # -- authentication ---------------------------------------------------------------------------
 
@@ -131,10 +146,22 @@ class XoevHttpSource:
             reason=outcome.failure,
         )
 
+    def _check_uploads(self, sender: SenderConfig) -> None:
+        limit = self.options.max_concurrent_uploads
+        if self._uploads.get(sender.id, 0) >= limit:
+            raise Refusal(
+                429,
+                TOO_MANY_UPLOADS,
+                "Too many uploads in progress",
+                f"at most {limit} requests of this sender are processed at once",
+                headers={"Retry-After": "10"},
+                close=True,
+            )
+
     async def expect(self, request: Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse before the client sends the body."""
         try:
-            self._auth(request)
+            self._check_uploads(self._auth(request))
             if request.content_length is not None and request.content_length > self.max_body_bytes:
                 raise too_large(self.max_body_bytes)
         except Refusal as refusal:
@@ -162,8 +189,12 @@ class XoevHttpSource:
     async def post_message(self, request: Request) -> web.StreamResponse:
         sender: SenderConfig | None = None
         body: ReceivedBody | None = None
+        counted: str | None = None
         try:
             sender = self._auth(request)
+            self._check_uploads(sender)
+            counted = sender.id
+            self._uploads[counted] = self._uploads.get(counted, 0) + 1
             body = await read_body(
                 request,
                 blobs=self.ctx.blobs,
@@ -187,6 +218,12 @@ class XoevHttpSource:
             )
             return self._refuse(unavailable, sender)
         finally:
+            if counted is not None:
+                remaining = self._uploads[counted] - 1
+                if remaining:
+                    self._uploads[counted] = remaining
+                else:
+                    del self._uploads[counted]
             if body is not None:
                 body.abort()  # whatever was not committed (refused or failed) is removed
 
@@ -355,12 +392,27 @@ class XoevHttpSource:
             return {"status": "absent", "signer": None, "code": None}
         from gateway.xoev.signatures import verify_policy
 
+        config = self.validator.config
         try:
             verdict = await asyncio.to_thread(
-                verify_policy, xml, "optional", self.validator.config.trusted_certs, limits=self.validator.config.limits
+                verify_policy, xml, "optional", config.trusted_certs, limits=config.limits, crls=self.crls
             )
         except XmlRejected:  # parsed fine in the worker already; refuse to guess
             return {"status": "invalid", "signer": None, "code": "malformed"}
+        if verdict.status == "valid" and self.ocsp is not None:
+            try:
+                await self.ocsp.check(verdict.chain)
+            except TrustError as exc:
+                if exc.code == "revoked":
+                    return {"status": "invalid", "signer": verdict.signer, "code": "certificate-revoked"}
+                # fail-closed and no OCSP answer: our connectivity, not the sender's fault -> come back later
+                raise Refusal(
+                    503,
+                    REVOCATION_UNAVAILABLE,
+                    "Revocation status unavailable",
+                    "the signing certificate's revocation status cannot be checked now; retry later",
+                    headers={"Retry-After": "60"},
+                ) from None
         return {"status": verdict.status, "signer": verdict.signer, "code": verdict.code}
 
     # -- GET status ---------------------------------------------------------------------------------

@@ -194,7 +194,8 @@ class OnlineService:
             profile=PROFILES["v1"],
             tokens_for=lambda s: TokenProvider(s, token_url, client_id, client_secret, user_agent=USER_AGENT),
         )
-        self.keys = KeyResolver(self.api, tuple(trust_anchors), allow_self_signed)
+        # The reply SETs are the Zustelldienst's own: their issuer is its API URL.
+        self.keys = KeyResolver(self.api, tuple(trust_anchors), allow_self_signed, zsd_issuer=submission_api_url)
         self.received: dict[str, ReceivedReply] = {}  # by reply id, in the order processed
         self.callbacks_received = 0
         self._callback_secret: str | None = None
