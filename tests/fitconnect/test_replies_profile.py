@@ -109,7 +109,7 @@ def test_reply_sets_are_about_the_reply(key: ApplicantKey) -> None:
     signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     reply_id = str(uuid.uuid4())
     token = rp.reply_set(issuer="https://zsd.example", reply_id=reply_id, case_id=CASE, event=rp.SUBMIT_REPLY,
-                         payload={"authenticationTags": {"metadata": "m"}}, key=signer, kid="zsd-signing-key")  # fmt: skip
+                         payload={"authenticationTags": {"metadata": "m"}}, key=signer, kid="zsd-signing")  # fmt: skip
     parsed = parse_set(token)
     assert (parsed.reply_id, parsed.submission_id, parsed.case_id, parsed.event) == (
         reply_id,
