@@ -132,6 +132,21 @@ class ConfirmationHints(Protocol):
         ...
 
 
+@runtime_checkable
+class AnswerVetting(Protocol):
+    """Optional for a :class:`ReplyChannel`: checks an answer's content before it is accepted at all.
+
+    The hand-over calls it once the router chose this channel, before the answer is committed; every
+    string returned is an error in what the Fachverfahren handed over (e.g. an XÖV answer that fails
+    its schema): the hand-over is refused (HTTP 422 listing them) and nothing is stored or sent.
+    Problems of the channel itself (a peer down) are not for here; they show when sending.
+    """
+
+    async def vet(self, message: Envelope, answer: Answer, blobs: BlobReader) -> Sequence[str]:
+        """The errors in ``answer`` for this channel (empty when it can go)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ReplyChannelType:
     """A reply channel type contributed by a plugin; ``create`` validates the options (raise ``ConfigError``)."""
